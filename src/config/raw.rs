@@ -1,0 +1,1 @@
+//! Raw config (serde mirror of the file). STUB.

@@ -1,0 +1,12 @@
+//! enectiva-collector: an edge daemon that reads Modbus and M-Bus energy meters, commits every
+//! reading to a durable SQLite queue and delivers it to the Enectiva import API.
+//!
+//! The library holds everything; `main.rs` only parses the command line and maps errors to exit
+//! codes. Data flows one way: bus task → [`queue`] → [`sender`]. Protocol cores
+//! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
+
+pub mod config;
+pub mod modbus;
+pub mod profile;
+pub mod reading;
+pub mod units;
