@@ -6,7 +6,9 @@
 //! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
 
 pub mod config;
+pub mod events;
 pub mod modbus;
 pub mod profile;
+pub mod queue;
 pub mod reading;
 pub mod units;
