@@ -11,4 +11,6 @@ pub mod modbus;
 pub mod profile;
 pub mod queue;
 pub mod reading;
+pub mod sender;
+pub mod token;
 pub mod units;

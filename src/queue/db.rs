@@ -563,26 +563,31 @@ impl Db {
         rows.collect()
     }
 
-    /// Every series with queued readings and the id of its oldest one, oldest first.
-    pub fn pending_series(&mut self) -> rusqlite::Result<Vec<(Series, i64)>> {
+    /// Every series with queued readings, with the ids of its oldest and newest, oldest first.
+    pub fn pending_series(&mut self) -> rusqlite::Result<Vec<super::PendingSeries>> {
         let mut out = Vec::new();
         let all: Vec<(i64, String, String, String)> = {
             let mut stmt = self.conn.prepare_cached("SELECT id, kind, import_id, suit FROM series")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        // Two index lookups per series: O(series × log n), whatever the backlog.
         let mut first = self
             .conn
-            .prepare_cached("SELECT min(id) FROM readings WHERE series_id = ?1")?;
+            .prepare_cached("SELECT min(id), max(id) FROM readings WHERE series_id = ?1")?;
         for (sid, kind, import_id, suit) in all {
-            let min: Option<i64> = first.query_row([sid], |r| r.get(0))?;
-            if let Some(min) = min {
+            let (min, max): (Option<i64>, Option<i64>) = first.query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if let (Some(first_id), Some(last_id)) = (min, max) {
                 let s = Series::new(kind_of(&kind), import_id, suit_opt(suit));
                 self.series_ids.insert(s.clone(), sid);
-                out.push((s, min));
+                out.push(super::PendingSeries {
+                    series: s,
+                    first_id,
+                    last_id,
+                });
             }
         }
-        out.sort_by_key(|(_, id)| *id);
+        out.sort_by_key(|p| p.first_id);
         Ok(out)
     }
 

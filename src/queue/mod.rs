@@ -118,6 +118,16 @@ pub struct MeterPoll {
     pub down: bool,
 }
 
+/// A series with readings in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSeries {
+    pub series: Series,
+    /// Id of its oldest queued reading.
+    pub first_id: i64,
+    /// Id of its newest queued reading.
+    pub last_id: i64,
+}
+
 /// What opening the queue found.
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
@@ -167,7 +177,7 @@ enum Cmd {
         reply: oneshot::Sender<Result<Vec<QueuedReading>, QueueError>>,
     },
     Pending {
-        reply: oneshot::Sender<Result<Vec<(Series, i64)>, QueueError>>,
+        reply: oneshot::Sender<Result<Vec<PendingSeries>, QueueError>>,
     },
     Stats {
         reply: oneshot::Sender<Result<Stats, QueueError>>,
@@ -281,8 +291,8 @@ impl Queue {
         .await
     }
 
-    /// Every series with committed readings and its oldest reading id, oldest first.
-    pub async fn pending_series(&self) -> Result<Vec<(Series, i64)>, QueueError> {
+    /// Every series with committed readings (ids of its oldest and newest), oldest first.
+    pub async fn pending_series(&self) -> Result<Vec<PendingSeries>, QueueError> {
         self.ask(|reply| Cmd::Pending { reply }).await
     }
 

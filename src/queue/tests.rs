@@ -26,7 +26,7 @@ fn opts(dir: &tempfile::TempDir) -> QueueOptions {
 
 async fn drain_all(q: &Queue) -> Vec<QueuedReading> {
     let mut out = Vec::new();
-    for (series, _) in q.pending_series().await.expect("pending") {
+    for PendingSeries { series, .. } in q.pending_series().await.expect("pending") {
         let mut after = 0;
         loop {
             let rows = q.fetch(&series, after, 100).await.expect("fetch");
