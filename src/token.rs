@@ -81,7 +81,11 @@ impl TokenSource {
     /// The first source that exists, in SPEC order. `credentials_dir` is
     /// `$CREDENTIALS_DIRECTORY` and `env_token_set` whether `$ENECTIVA_TOKEN` is set; both
     /// are parameters so the rule can be tested without touching the process environment.
-    pub fn resolve_with(credentials_dir: Option<&Path>, token_file: Option<&Path>, env_token_set: bool) -> Option<TokenSource> {
+    pub fn resolve_with(
+        credentials_dir: Option<&Path>,
+        token_file: Option<&Path>,
+        env_token_set: bool,
+    ) -> Option<TokenSource> {
         if let Some(dir) = credentials_dir {
             let p = dir.join(CREDENTIAL_NAME);
             if p.exists() {
@@ -166,7 +170,10 @@ mod tests {
             TokenSource::resolve_with(Some(dir.path()), Some(&file), true),
             Some(TokenSource::Credential(dir.path().join(CREDENTIAL_NAME)))
         );
-        assert_eq!(TokenSource::resolve_with(None, None, true), Some(TokenSource::Env));
+        assert_eq!(
+            TokenSource::resolve_with(None, None, true),
+            Some(TokenSource::Env)
+        );
         assert_eq!(TokenSource::resolve_with(None, None, false), None);
     }
 
@@ -176,7 +183,10 @@ mod tests {
         let file = dir.path().join("tok");
         std::fs::write(&file, "  first-token\n").expect("write");
         let src = TokenSource::File(file.clone());
-        assert_eq!(src.read().expect("read").header_value(), "Bearer first-token");
+        assert_eq!(
+            src.read().expect("read").header_value(),
+            "Bearer first-token"
+        );
         std::fs::write(&file, "second\n").expect("write");
         assert_eq!(src.read().expect("read").header_value(), "Bearer second");
         std::fs::write(&file, "\n").expect("write");
@@ -202,7 +212,9 @@ mod tests {
         let file = dir.path().join("tok");
         std::fs::write(&file, "t").expect("write");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        let w = TokenSource::File(file.clone()).permission_warning().expect("warning");
+        let w = TokenSource::File(file.clone())
+            .permission_warning()
+            .expect("warning");
         assert!(w.contains("chmod 600"), "{w}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(TokenSource::File(file).permission_warning(), None);

@@ -22,7 +22,10 @@ impl fmt::Display for UnitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UnitError::Unknown(u) => write!(f, "unknown unit \"{u}\""),
-            UnitError::Incompatible { from, to } => write!(f, "cannot convert \"{from}\" to \"{to}\": they measure different things"),
+            UnitError::Incompatible { from, to } => write!(
+                f,
+                "cannot convert \"{from}\" to \"{to}\": they measure different things"
+            ),
         }
     }
 }
@@ -37,9 +40,16 @@ pub struct Conversion {
 }
 
 impl Conversion {
-    pub const IDENTITY: Conversion = Conversion { factor: 1.0, offset: 0.0 };
+    pub const IDENTITY: Conversion = Conversion {
+        factor: 1.0,
+        offset: 0.0,
+    };
 
-    pub fn between(_from: &str, _to: &str, _temperature: Temperature) -> Result<Conversion, UnitError> {
+    pub fn between(
+        _from: &str,
+        _to: &str,
+        _temperature: Temperature,
+    ) -> Result<Conversion, UnitError> {
         todo!()
     }
 

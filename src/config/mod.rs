@@ -291,17 +291,29 @@ impl Config {
         let mut out = Vec::new();
         for bus in &self.modbus_tcp {
             for m in &bus.meters {
-                out.extend(m.channels.iter().map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)));
+                out.extend(
+                    m.channels
+                        .iter()
+                        .map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)),
+                );
             }
         }
         for bus in &self.modbus_rtu {
             for m in &bus.meters {
-                out.extend(m.channels.iter().map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)));
+                out.extend(
+                    m.channels
+                        .iter()
+                        .map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)),
+                );
             }
         }
         for bus in &self.mbus {
             for m in &bus.meters {
-                out.extend(m.channels.iter().map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)));
+                out.extend(
+                    m.channels
+                        .iter()
+                        .map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)),
+                );
             }
         }
         out

@@ -85,7 +85,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("series", &self.series_ids.len()).finish()
+        f.debug_struct("Db")
+            .field("series", &self.series_ids.len())
+            .finish()
     }
 }
 
@@ -131,7 +133,9 @@ pub enum OpenError {
         "the queue was written by a newer version of enectiva-collector (schema {found}, this binary knows {known}); upgrade this binary"
     )]
     TooNew { found: i64, known: i64 },
-    #[error("the queue has schema {found} but this binary writes {known}; start the service once so it migrates the queue")]
+    #[error(
+        "the queue has schema {found} but this binary writes {known}; start the service once so it migrates the queue"
+    )]
     Outdated { found: i64, known: i64 },
     #[error("there is no queue at this path yet")]
     Missing,
@@ -156,13 +160,17 @@ impl Db {
             Mode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             Mode::Tool => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             Mode::Daemon => {
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
             }
         };
         let conn = Connection::open_with_flags(path, flags)?;
         match Self::prepare(conn, mode, quick_check) {
             Ok(db) => Ok(Opened::Ok(db)),
-            Err(OpenError::Sqlite(e)) if classify(&e) == Failure::Corrupt => Ok(Opened::Corrupt(e.to_string())),
+            Err(OpenError::Sqlite(e)) if classify(&e) == Failure::Corrupt => {
+                Ok(Opened::Corrupt(e.to_string()))
+            }
             Err(e) => Err(e),
         }
     }
@@ -223,7 +231,14 @@ impl Db {
 
     /// A file of ours has exactly these tables; anything else is set aside as corrupt.
     fn check_tables(&self) -> Result<(), OpenError> {
-        for t in ["readings", "series", "dead_letters", "counters", "state", "meters"] {
+        for t in [
+            "readings",
+            "series",
+            "dead_letters",
+            "counters",
+            "state",
+            "meters",
+        ] {
             let n: i64 = self.conn.query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
                 [t],
@@ -242,9 +257,9 @@ impl Db {
     /// Forward migrations, one version at a time, each in its own transaction.
     fn migrate(&mut self, from: i64) -> Result<(), OpenError> {
         if from == 0 {
-            let tables: i64 = self
-                .conn
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            let tables: i64 =
+                self.conn
+                    .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
             if tables != 0 {
                 // A database, but not one of ours (or one whose header was damaged).
                 return Err(OpenError::Sqlite(rusqlite::Error::SqliteFailure(
@@ -255,7 +270,9 @@ impl Db {
         }
         let mut v = from;
         while v < SCHEMA_VERSION {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             match v {
                 0 => tx.execute_batch(SCHEMA_V1)?,
                 1 => tx.execute_batch(MIGRATE_V1_V2)?,
@@ -272,8 +289,11 @@ impl Db {
     /// status only: a removal lost in a power cut costs one resend answered with 409.
     pub fn set_full_sync(&mut self, full: bool) -> rusqlite::Result<()> {
         if self.full_sync != full {
-            self.conn
-                .execute_batch(if full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" })?;
+            self.conn.execute_batch(if full {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            })?;
             self.full_sync = full;
         }
         Ok(())
@@ -333,12 +353,21 @@ impl Db {
 
     pub fn last_value(&self, series_id: i64) -> rusqlite::Result<Option<f64>> {
         self.conn
-            .query_row("SELECT last_value FROM series WHERE id = ?1", [series_id], |r| r.get(0))
+            .query_row(
+                "SELECT last_value FROM series WHERE id = ?1",
+                [series_id],
+                |r| r.get(0),
+            )
             .optional()
             .map(Option::flatten)
     }
 
-    pub fn set_last_value(&self, series_id: i64, value: f64, reading_id: i64) -> rusqlite::Result<()> {
+    pub fn set_last_value(
+        &self,
+        series_id: i64,
+        value: f64,
+        reading_id: i64,
+    ) -> rusqlite::Result<()> {
         self.conn.execute(
             "UPDATE series SET last_value = ?2, last_id = ?3 WHERE id = ?1",
             params![series_id, value, reading_id],
@@ -410,13 +439,19 @@ impl Db {
         if moved == 0 {
             return Ok(false);
         }
-        self.conn.prepare_cached("DELETE FROM readings WHERE id = ?1")?.execute([id])?;
+        self.conn
+            .prepare_cached("DELETE FROM readings WHERE id = ?1")?
+            .execute([id])?;
         Ok(true)
     }
 
     /// Deletes a delivered reading; returns whether it was still queued.
     pub fn remove(&mut self, id: i64) -> rusqlite::Result<bool> {
-        Ok(self.conn.prepare_cached("DELETE FROM readings WHERE id = ?1")?.execute([id])? > 0)
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM readings WHERE id = ?1")?
+            .execute([id])?
+            > 0)
     }
 
     pub fn add_counter(&self, name: &str, delta: i64) -> rusqlite::Result<()> {
@@ -448,14 +483,18 @@ impl Db {
     }
 
     pub fn state(&self) -> rusqlite::Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare("SELECT key, value FROM state ORDER BY key")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM state ORDER BY key")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
     }
 
     pub fn get_state(&self, key: &str) -> rusqlite::Result<Option<String>> {
         self.conn
-            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
             .optional()
     }
 
@@ -468,14 +507,16 @@ impl Db {
                    ok = excluded.ok, error = excluded.error, failures = excluded.failures,
                    down = excluded.down",
             )?
-            .execute(params![m.meter, m.bus, m.time, m.ok, m.error, m.failures, m.down])?;
+            .execute(params![
+                m.meter, m.bus, m.time, m.ok, m.error, m.failures, m.down
+            ])?;
         Ok(())
     }
 
     pub fn meters(&self) -> rusqlite::Result<Vec<super::MeterPoll>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, bus, time, ok, error, failures, down FROM meters ORDER BY bus, name")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT name, bus, time, ok, error, failures, down FROM meters ORDER BY bus, name",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(super::MeterPoll {
                 meter: r.get(0)?,
@@ -491,7 +532,9 @@ impl Db {
     }
 
     pub fn count_readings(&self) -> rusqlite::Result<u64> {
-        let n: i64 = self.conn.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))?;
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -499,9 +542,15 @@ impl Db {
         // sqlite_sequence remembers ids of rows already deleted, so ids never go back.
         let seq: Option<i64> = self
             .conn
-            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'readings'", [], |r| r.get(0))
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'readings'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
-        let max: Option<i64> = self.conn.query_row("SELECT max(id) FROM readings", [], |r| r.get(0))?;
+        let max: Option<i64> = self
+            .conn
+            .query_row("SELECT max(id) FROM readings", [], |r| r.get(0))?;
         Ok(seq.unwrap_or(0).max(max.unwrap_or(0)))
     }
 
@@ -509,12 +558,15 @@ impl Db {
     pub fn bump_sequence(&self, id: i64) -> rusqlite::Result<()> {
         let cur = self.max_reading_id()?;
         if id > cur {
-            let n = self
-                .conn
-                .execute("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'readings'", [id])?;
+            let n = self.conn.execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'readings'",
+                [id],
+            )?;
             if n == 0 {
-                self.conn
-                    .execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?1)", [id])?;
+                self.conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?1)",
+                    [id],
+                )?;
             }
         }
         Ok(())
@@ -539,7 +591,12 @@ impl Db {
     const READING_COLUMNS: &'static str = "id, kind, import_id, suit, time, value, unit, synced";
 
     /// The readings of one series after `after_id`, oldest first.
-    pub fn fetch(&mut self, series: &Series, after_id: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
+    pub fn fetch(
+        &mut self,
+        series: &Series,
+        after_id: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Row>> {
         let Some(sid) = self.find_series(series)? else {
             return Ok(Vec::new());
         };
@@ -567,7 +624,9 @@ impl Db {
     pub fn pending_series(&mut self) -> rusqlite::Result<Vec<super::PendingSeries>> {
         let mut out = Vec::new();
         let all: Vec<(i64, String, String, String)> = {
-            let mut stmt = self.conn.prepare_cached("SELECT id, kind, import_id, suit FROM series")?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, kind, import_id, suit FROM series")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -576,7 +635,8 @@ impl Db {
             .conn
             .prepare_cached("SELECT min(id), max(id) FROM readings WHERE series_id = ?1")?;
         for (sid, kind, import_id, suit) in all {
-            let (min, max): (Option<i64>, Option<i64>) = first.query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (min, max): (Option<i64>, Option<i64>) =
+                first.query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if let (Some(first_id), Some(last_id)) = (min, max) {
                 let s = Series::new(kind_of(&kind), import_id, suit_opt(suit));
                 self.series_ids.insert(s.clone(), sid);
@@ -654,12 +714,17 @@ impl Db {
     }
 
     pub fn delete_dead(&self, id: i64) -> rusqlite::Result<bool> {
-        Ok(self.conn.execute("DELETE FROM dead_letters WHERE id = ?1", [id])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM dead_letters WHERE id = ?1", [id])?
+            > 0)
     }
 
     /// Frees pages left by a drained backlog, a little at a time, when the free list is large.
     pub fn incremental_vacuum(&self) -> rusqlite::Result<()> {
-        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         if free > 4096 && free * 4 > pages {
             self.conn.execute_batch("PRAGMA incremental_vacuum(1024)")?;

@@ -54,7 +54,9 @@ fn open(path: &Path, mode: Mode) -> Result<Db, QueueError> {
         Ok(Opened::Ok(db)) => Ok(db),
         Ok(Opened::Corrupt(e)) => Err(tool_error(
             path,
-            format!("{e}: the file is damaged; the service sets it aside and salvages it when it starts"),
+            format!(
+                "{e}: the file is damaged; the service sets it aside and salvages it when it starts"
+            ),
         )),
         Err(OpenError::Missing) => Err(tool_error(
             path,
@@ -68,7 +70,10 @@ fn open(path: &Path, mode: Mode) -> Result<Db, QueueError> {
 pub fn status(path: &Path) -> Result<Status, QueueError> {
     let db = open(path, Mode::ReadOnly)?;
     let q = |e: rusqlite::Error| tool_error(path, e);
-    let schema_version: i64 = db.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(q)?;
+    let schema_version: i64 = db
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(q)?;
     let mut series = Vec::new();
     {
         let mut stmt = db
@@ -98,13 +103,16 @@ pub fn status(path: &Path) -> Result<Status, QueueError> {
     let oldest_time = series.iter().map(|s| s.oldest_time).min();
     let unsynced: i64 = db
         .conn
-        .query_row("SELECT count(*) FROM readings WHERE synced = 0", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM readings WHERE synced = 0", [], |r| {
+            r.get(0)
+        })
         .map_err(q)?;
     let dead: i64 = db
         .conn
         .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
         .map_err(q)?;
-    let mut counters: BTreeMap<String, i64> = super::COUNTERS.iter().map(|c| (c.to_string(), 0)).collect();
+    let mut counters: BTreeMap<String, i64> =
+        super::COUNTERS.iter().map(|c| (c.to_string(), 0)).collect();
     counters.extend(db.counters().map_err(q)?);
     let state = db.state().map_err(q)?.into_iter().collect();
     let meters = db.meters().map_err(q)?;
@@ -140,7 +148,11 @@ impl DeadSelection {
     fn missing(&self, rows: &[DeadRow]) -> Vec<i64> {
         match self {
             DeadSelection::All => Vec::new(),
-            DeadSelection::Ids(ids) => ids.iter().copied().filter(|id| !rows.iter().any(|r| r.id == *id)).collect(),
+            DeadSelection::Ids(ids) => ids
+                .iter()
+                .copied()
+                .filter(|id| !rows.iter().any(|r| r.id == *id))
+                .collect(),
         }
     }
 }
@@ -156,9 +168,16 @@ pub fn dead_list(path: &Path) -> Result<Vec<DeadRow>, QueueError> {
 /// The operator confirms the values, so they are not checked for plausibility again, and a
 /// requeued cumulative reading becomes its series' reference value: after a meter swap,
 /// retrying the first readings of the new meter lets the following ones through.
-pub fn dead_retry(path: &Path, sel: &DeadSelection) -> Result<(Vec<DeadRow>, Vec<i64>), QueueError> {
+pub fn dead_retry(
+    path: &Path,
+    sel: &DeadSelection,
+) -> Result<(Vec<DeadRow>, Vec<i64>), QueueError> {
     let result = write(path, |db| {
-        let mut rows: Vec<DeadRow> = db.dead_letters()?.into_iter().filter(|d| sel.matches(d.id)).collect();
+        let mut rows: Vec<DeadRow> = db
+            .dead_letters()?
+            .into_iter()
+            .filter(|d| sel.matches(d.id))
+            .collect();
         let missing = sel.missing(&rows);
         rows.sort_by_key(|d| (d.time, d.id));
         let mut n = 0i64;
@@ -193,9 +212,16 @@ pub fn dead_retry(path: &Path, sel: &DeadSelection) -> Result<(Vec<DeadRow>, Vec
 }
 
 /// Deletes dead letters. Returns the deleted rows and the requested ids that do not exist.
-pub fn dead_purge(path: &Path, sel: &DeadSelection) -> Result<(Vec<DeadRow>, Vec<i64>), QueueError> {
+pub fn dead_purge(
+    path: &Path,
+    sel: &DeadSelection,
+) -> Result<(Vec<DeadRow>, Vec<i64>), QueueError> {
     write(path, |db| {
-        let rows: Vec<DeadRow> = db.dead_letters()?.into_iter().filter(|d| sel.matches(d.id)).collect();
+        let rows: Vec<DeadRow> = db
+            .dead_letters()?
+            .into_iter()
+            .filter(|d| sel.matches(d.id))
+            .collect();
         let missing = sel.missing(&rows);
         for d in &rows {
             db.delete_dead(d.id)?;
@@ -218,7 +244,8 @@ fn write<T>(path: &Path, f: impl FnOnce(&mut Db) -> rusqlite::Result<T>) -> Resu
             return Err(q(e));
         }
     };
-    db.set_state("last_tool_write", &now_unix().to_string()).map_err(q)?;
+    db.set_state("last_tool_write", &now_unix().to_string())
+        .map_err(q)?;
     db.conn.execute_batch("COMMIT").map_err(q)?;
     // The -shm file exists while any connection is open; fix ownership before and after close.
     fix_ownership(path);

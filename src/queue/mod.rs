@@ -239,7 +239,10 @@ impl Queue {
         self.fatal.borrow().clone().unwrap_or(QueueError::Closed)
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Cmd) -> Result<T, QueueError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Cmd,
+    ) -> Result<T, QueueError> {
         let (reply, rx) = oneshot::channel();
         self.send(make(reply))?;
         rx.await.map_err(|_| self.closed_error())?
@@ -262,8 +265,19 @@ impl Queue {
     }
 
     /// The API rejected a reading: keep it as a dead letter with the answer.
-    pub fn dead_letter(&self, id: i64, reason: String, status: Option<u16>, body: Option<String>) -> Result<(), QueueError> {
-        self.send(Cmd::DeadLetter { id, reason, status, body })
+    pub fn dead_letter(
+        &self,
+        id: i64,
+        reason: String,
+        status: Option<u16>,
+        body: Option<String>,
+    ) -> Result<(), QueueError> {
+        self.send(Cmd::DeadLetter {
+            id,
+            reason,
+            status,
+            body,
+        })
     }
 
     /// Records a meter's last poll for `status` (written with the next transaction).
@@ -280,7 +294,12 @@ impl Queue {
     }
 
     /// Up to `limit` committed readings of `series` with an id above `after`, oldest first.
-    pub async fn fetch(&self, series: &Series, after: i64, limit: usize) -> Result<Vec<QueuedReading>, QueueError> {
+    pub async fn fetch(
+        &self,
+        series: &Series,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<QueuedReading>, QueueError> {
         let series = series.clone();
         self.ask(|reply| Cmd::Fetch {
             series,
@@ -361,11 +380,13 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
     // quick_check reads the whole file: after an unclean stop always, otherwise while the file
     // is small enough that it costs well under a second even on an SD card.
     let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= 32 << 20);
-    let opened = Db::open(path, Mode::Daemon, unclean || (existed && small)).map_err(|e| open_error(path, e))?;
+    let opened = Db::open(path, Mode::Daemon, unclean || (existed && small))
+        .map_err(|e| open_error(path, e))?;
     let mut db = match opened {
         Opened::Ok(db) => db,
         Opened::Corrupt(reason) => {
-            let (db, aside) = salvage::set_aside(path, &reason, 0).map_err(|e| open_error(path, e))?;
+            let (db, aside) =
+                salvage::set_aside(path, &reason, 0).map_err(|e| open_error(path, e))?;
             report.set_aside = Some(aside);
             db
         }
@@ -375,14 +396,19 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
         tracing::error!(error = %e, "cannot mark the queue open");
     }
     if let Some(pages) = opts.max_page_count {
-        let _ = db.conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()));
+        let _ = db
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()));
     }
-    let counted = db.count_readings().and_then(|n| Ok((n, db.max_reading_id()?)));
+    let counted = db
+        .count_readings()
+        .and_then(|n| Ok((n, db.max_reading_id()?)));
     let (pending, max_id) = match counted {
         Ok(v) => v,
         Err(e) if db::classify(&e) == Failure::Corrupt && report.set_aside.is_none() => {
             drop(db);
-            let (fresh, aside) = salvage::set_aside(path, &e.to_string(), 0).map_err(|e| open_error(path, e))?;
+            let (fresh, aside) =
+                salvage::set_aside(path, &e.to_string(), 0).map_err(|e| open_error(path, e))?;
             report.set_aside = Some(aside);
             db = fresh;
             let n = db.count_readings().map_err(|e| open_error(path, e))?;
@@ -454,7 +480,9 @@ struct DropLog {
 impl DropLog {
     fn add(&mut self, n: u64, why: &str) {
         self.since_last += n;
-        let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
         if self.since_last > 0 && due {
             tracing::warn!(
                 message_id = events::QUEUE_DROPPED,
@@ -485,7 +513,10 @@ impl Writer {
         commits_tx: watch::Sender<u64>,
         fatal_tx: watch::Sender<Option<QueueError>>,
     ) -> Writer {
-        let counters_cache = db.counters().map(|v| v.into_iter().collect()).unwrap_or_default();
+        let counters_cache = db
+            .counters()
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
         Writer {
             db,
             opts,
@@ -510,7 +541,10 @@ impl Writer {
         let window = self.opts.commit_window;
         let retry = if self.disk_full_since.is_some() || !self.held.is_empty() {
             // Retry a full disk about once a second, not every window.
-            Some(self.last_flush.map_or_else(Instant::now, |t| t + Duration::from_secs(1)))
+            Some(
+                self.last_flush
+                    .map_or_else(Instant::now, |t| t + Duration::from_secs(1)),
+            )
         } else {
             None
         };
@@ -520,8 +554,15 @@ impl Writer {
             None => first,
         });
         let state = self.batch.first_state.map(|t| t + self.opts.state_interval);
-        let flush_now = if self.batch.flush_waiters.is_empty() { None } else { Some(Instant::now()) };
-        [retry, writes, state, flush_now].into_iter().flatten().min()
+        let flush_now = if self.batch.flush_waiters.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        [retry, writes, state, flush_now]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
@@ -569,7 +610,12 @@ impl Writer {
                 self.batch.removals.push((id, duplicate));
                 self.batch.first_write.get_or_insert(now);
             }
-            Cmd::DeadLetter { id, reason, status, body } => {
+            Cmd::DeadLetter {
+                id,
+                reason,
+                status,
+                body,
+            } => {
                 self.batch.dead.push((id, reason, status, body));
                 self.batch.first_write.get_or_insert(now);
             }
@@ -603,7 +649,10 @@ impl Writer {
             }
             Cmd::Close { .. } => {}
             Cmd::MaxPageCount(pages) => {
-                let _ = self.db.conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()));
+                let _ =
+                    self.db
+                        .conn
+                        .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()));
             }
         }
     }
@@ -628,7 +677,9 @@ impl Writer {
     fn stats(&mut self) -> Result<Stats, QueueError> {
         let oldest = self.read(|db| {
             db.conn
-                .query_row("SELECT time FROM readings ORDER BY id LIMIT 1", [], |r| r.get::<_, i64>(0))
+                .query_row("SELECT time FROM readings ORDER BY id LIMIT 1", [], |r| {
+                    r.get::<_, i64>(0)
+                })
                 .map(Some)
                 .or_else(|e| match e {
                     rusqlite::Error::QueryReturnedNoRows => Ok(None),
@@ -730,7 +781,11 @@ impl Writer {
         }
     }
 
-    fn apply_inner(&mut self, readings: &[Reading], held_before: usize) -> rusqlite::Result<Applied> {
+    fn apply_inner(
+        &mut self,
+        readings: &[Reading],
+        held_before: usize,
+    ) -> rusqlite::Result<Applied> {
         let now = now_unix();
         let mut count = self.count;
         let mut max_id = self.max_id;
@@ -748,7 +803,10 @@ impl Writer {
             }
         }
         for (id, reason, status, body) in &self.batch.dead {
-            if self.db.dead_letter(*id, reason, *status, body.as_deref(), now)? {
+            if self
+                .db
+                .dead_letter(*id, reason, *status, body.as_deref(), now)?
+            {
                 count = count.saturating_sub(1);
                 bump(&mut c, "dead_lettered", 1);
             }
@@ -757,7 +815,11 @@ impl Writer {
         let mut outcome: Vec<(usize, usize)> = Vec::with_capacity(readings.len());
         for r in readings {
             let sid = self.db.series_id(&r.series)?;
-            let last = if r.series.kind == Kind::Reading { self.db.last_value(sid)? } else { None };
+            let last = if r.series.kind == Kind::Reading {
+                self.db.last_value(sid)?
+            } else {
+                None
+            };
             bump(&mut c, "enqueued", 1);
             match plausibility(r, last) {
                 Ok(()) => {
@@ -823,7 +885,8 @@ impl Writer {
     fn finish(&mut self, a: Applied) {
         let dropped = a.counter_deltas.get("dropped").copied().unwrap_or(0);
         if dropped > self.deltas.dropped {
-            self.drop_log.add((dropped - self.deltas.dropped) as u64, "max_readings");
+            self.drop_log
+                .add((dropped - self.deltas.dropped) as u64, "max_readings");
         }
         self.count = a.count;
         self.max_id = a.max_id;
@@ -862,7 +925,11 @@ impl Writer {
         let mut dropped = 0u64;
         // Data points go first here too.
         while over > 0 {
-            let pos = self.held.iter().position(|r| r.series.kind == Kind::DataPoint).unwrap_or(0);
+            let pos = self
+                .held
+                .iter()
+                .position(|r| r.series.kind == Kind::DataPoint)
+                .unwrap_or(0);
             if self.held.remove(pos).is_none() {
                 break;
             }
@@ -872,7 +939,8 @@ impl Writer {
         if dropped > 0 {
             self.deltas.enqueued += dropped as i64;
             self.deltas.dropped += dropped as i64;
-            self.drop_log.add(dropped, "disk full and memory bound reached");
+            self.drop_log
+                .add(dropped, "disk full and memory bound reached");
         }
         let _ = held_now;
         let waiters = std::mem::take(&mut self.batch.waiters);
@@ -918,8 +986,16 @@ impl Writer {
             Ok((db, aside)) => {
                 self.db = db;
                 self.count = self.db.count_readings().unwrap_or(0);
-                self.max_id = self.db.max_reading_id().unwrap_or(self.max_id).max(self.max_id);
-                self.counters_cache = self.db.counters().map(|v| v.into_iter().collect()).unwrap_or_default();
+                self.max_id = self
+                    .db
+                    .max_reading_id()
+                    .unwrap_or(self.max_id)
+                    .max(self.max_id);
+                self.counters_cache = self
+                    .db
+                    .counters()
+                    .map(|v| v.into_iter().collect())
+                    .unwrap_or_default();
                 let _ = aside;
                 Ok(())
             }
@@ -931,7 +1007,8 @@ impl Writer {
         if self.disk_full_since.is_some() {
             return true;
         }
-        let cutoff = now_unix().saturating_sub(i64::try_from(self.opts.max_age.as_secs()).unwrap_or(i64::MAX));
+        let cutoff = now_unix()
+            .saturating_sub(i64::try_from(self.opts.max_age.as_secs()).unwrap_or(i64::MAX));
         let result = (|| -> rusqlite::Result<u64> {
             self.db.set_full_sync(false)?;
             let mut total = 0;
@@ -943,7 +1020,8 @@ impl Writer {
                 }
             }
             if total > 0 {
-                self.db.add_counter("dropped", i64::try_from(total).unwrap_or(i64::MAX))?;
+                self.db
+                    .add_counter("dropped", i64::try_from(total).unwrap_or(i64::MAX))?;
             }
             self.db.incremental_vacuum()?;
             Ok(total)
@@ -985,7 +1063,10 @@ impl Writer {
                 "stopping with readings that could not be committed (disk full)"
             );
         }
-        let _ = self.db.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        let _ = self
+            .db
+            .conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
         Ok(())
     }
 }

@@ -52,7 +52,8 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
         target = with_suffix(path, &format!(".corrupt-{}-{n}", utc_stamp()));
         n += 1;
     }
-    std::fs::rename(path, &target).map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
+    std::fs::rename(path, &target)
+        .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
     // SQLite finds a WAL by the database's name: keep the pair together.
     for ext in ["-wal", "-shm", "-journal"] {
         let from = with_suffix(path, ext);
@@ -79,7 +80,8 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
 
     let copy = (|| -> rusqlite::Result<()> {
         fresh.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let mut last: std::collections::HashMap<crate::reading::Series, (i64, f64)> = Default::default();
+        let mut last: std::collections::HashMap<crate::reading::Series, (i64, f64)> =
+            Default::default();
         let mut max_id = min_next_id;
         for row in &found.readings {
             let id = fresh.insert_reading(&row.reading, Some(row.id))?;
@@ -101,7 +103,10 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
                 for (name, value) in counters {
                     fresh.add_counter(name, *value)?;
                 }
-                fresh.add_counter("dropped", i64::try_from(lost.unwrap_or(0)).unwrap_or(i64::MAX))?;
+                fresh.add_counter(
+                    "dropped",
+                    i64::try_from(lost.unwrap_or(0)).unwrap_or(i64::MAX),
+                )?;
             }
             None => {
                 // Nothing is known of the old history: start the books with what we carry.
@@ -116,7 +121,9 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
     })();
     if let Err(e) = copy {
         let _ = fresh.conn.execute_batch("ROLLBACK");
-        return Err(format!("cannot copy salvaged readings into the fresh queue: {e}"));
+        return Err(format!(
+            "cannot copy salvaged readings into the fresh queue: {e}"
+        ));
     }
     fresh.forget_series_cache();
 
@@ -151,8 +158,10 @@ fn read_old(path: &Path) -> Found {
         dead: Vec::new(),
         counters: None,
     };
-    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-    else {
+    let Ok(conn) = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
         return found;
     };
     let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
@@ -165,7 +174,10 @@ fn read_old(path: &Path) -> Found {
 
 /// Reads rows in id order; on an error, skips forward through the id space with growing steps
 /// until rows can be read again. Bounded: at most 64 consecutive failed probes.
-fn probe<T>(read: impl Fn(i64, usize) -> rusqlite::Result<Vec<T>>, id_of: impl Fn(&T) -> i64) -> Vec<T> {
+fn probe<T>(
+    read: impl Fn(i64, usize) -> rusqlite::Result<Vec<T>>,
+    id_of: impl Fn(&T) -> i64,
+) -> Vec<T> {
     let mut out = Vec::new();
     let mut after = 0i64;
     let mut step = 1i64;
@@ -219,7 +231,11 @@ fn prune(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let prefix = format!("{}.corrupt-", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -230,7 +246,10 @@ fn prune(path: &Path) {
         .filter(|p| {
             p.file_name().is_some_and(|n| {
                 let n = n.to_string_lossy();
-                n.starts_with(&prefix) && !n.ends_with("-wal") && !n.ends_with("-shm") && !n.ends_with("-journal")
+                n.starts_with(&prefix)
+                    && !n.ends_with("-wal")
+                    && !n.ends_with("-shm")
+                    && !n.ends_with("-journal")
             })
         })
         .collect();

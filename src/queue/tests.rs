@@ -59,7 +59,14 @@ async fn commit_fetch_deliver_in_order() {
         batch.push(reading(Kind::DataPoint, "B", 1000 + i, (50 - i) as f64));
     }
     let rep = q.commit(batch).await.expect("commit");
-    assert_eq!(rep, CommitReport { committed: 100, dead_lettered: 0, held: 0 });
+    assert_eq!(
+        rep,
+        CommitReport {
+            committed: 100,
+            dead_lettered: 0,
+            held: 0
+        }
+    );
     let pending = q.pending_series().await.expect("pending");
     assert_eq!(pending.len(), 2);
     let a = Series::new(Kind::Reading, "A", None);
@@ -83,7 +90,10 @@ async fn commit_fetch_deliver_in_order() {
     assert_eq!(st.counters["enqueued"], 100);
     assert_eq!(st.counters["delivered"], 100);
     assert_eq!(st.pending, 0);
-    assert_eq!(st.state.get("clean_shutdown").map(String::as_str), Some("1"));
+    assert_eq!(
+        st.state.get("clean_shutdown").map(String::as_str),
+        Some("1")
+    );
 }
 
 #[tokio::test]
@@ -130,7 +140,11 @@ async fn counter_going_backwards_is_dead_lettered_with_reason() {
     let mut sentinel = reading(Kind::Reading, "M", 300, 4294967295.0);
     sentinel.invalid = Some("register 0xFFFFFFFF (not available)".into());
     let rep = q
-        .commit(vec![reading(Kind::Reading, "M", 240, 1000.9), nan, sentinel])
+        .commit(vec![
+            reading(Kind::Reading, "M", 240, 1000.9),
+            nan,
+            sentinel,
+        ])
         .await
         .expect("commit");
     assert_eq!(rep.dead_lettered, 3);
@@ -172,15 +186,28 @@ async fn dead_retry_requeues_in_original_order_and_resets_the_reference() {
     let dead = dead_list(&path).expect("dead");
     assert_eq!(dead.len(), 2);
     // The operator confirms while the daemon runs.
-    let (retried, missing) = dead_retry(&path, &DeadSelection::Ids(vec![dead[1].id, dead[0].id, 999])).expect("retry");
+    let (retried, missing) = dead_retry(
+        &path,
+        &DeadSelection::Ids(vec![dead[1].id, dead[0].id, 999]),
+    )
+    .expect("retry");
     assert_eq!(missing, vec![999]);
-    assert_eq!(retried.iter().map(|d| d.time).collect::<Vec<_>>(), vec![160, 220]);
+    assert_eq!(
+        retried.iter().map(|d| d.time).collect::<Vec<_>>(),
+        vec![160, 220]
+    );
     // The daemon's sender finds them (its cursor is behind the new ids).
     let s = Series::new(Kind::Reading, "M", None);
     let rows = q.fetch(&s, 0, 10).await.expect("fetch");
-    assert_eq!(rows.iter().map(|r| r.reading.value).collect::<Vec<_>>(), vec![3.0, 4.0]);
+    assert_eq!(
+        rows.iter().map(|r| r.reading.value).collect::<Vec<_>>(),
+        vec![3.0, 4.0]
+    );
     // The new meter's next readings are plausible now.
-    let rep = q.commit(vec![reading(Kind::Reading, "M", 280, 5.0)]).await.expect("commit");
+    let rep = q
+        .commit(vec![reading(Kind::Reading, "M", 280, 5.0)])
+        .await
+        .expect("commit");
     assert_eq!(rep.committed, 1);
     drain_all(&q).await;
     let s = q.stats().await.expect("stats");
@@ -190,11 +217,16 @@ async fn dead_retry_requeues_in_original_order_and_resets_the_reference() {
     let c = &st.counters;
     assert_eq!(c["retried"], 2);
     // Each retried reading is enqueued twice and dead-lettered once.
-    assert_eq!(c["enqueued"], c["delivered"] + c["dead_lettered"] + c["dropped"]);
+    assert_eq!(
+        c["enqueued"],
+        c["delivered"] + c["dead_lettered"] + c["dropped"]
+    );
     assert_eq!(st.dead_letters, 0);
     // purge
     let (q, _) = Queue::open(opts(&dir)).expect("open");
-    q.commit(vec![reading(Kind::Reading, "M", 300, 1.0)]).await.expect("commit");
+    q.commit(vec![reading(Kind::Reading, "M", 300, 1.0)])
+        .await
+        .expect("commit");
     q.close().await.expect("close");
     let (purged, _) = dead_purge(&path, &DeadSelection::All).expect("purge");
     assert_eq!(purged.len(), 1);
@@ -205,18 +237,36 @@ async fn dead_retry_requeues_in_original_order_and_resets_the_reference() {
 async fn sender_rejections_become_dead_letters_with_status_and_body() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (q, _) = Queue::open(opts(&dir)).expect("open");
-    q.commit(vec![reading(Kind::Reading, "A", 1, 1.0), reading(Kind::Reading, "A", 2, 2.0)])
+    q.commit(vec![
+        reading(Kind::Reading, "A", 1, 1.0),
+        reading(Kind::Reading, "A", 2, 2.0),
+    ])
+    .await
+    .expect("commit");
+    let rows = q
+        .fetch(&Series::new(Kind::Reading, "A", None), 0, 10)
         .await
-        .expect("commit");
-    let rows = q.fetch(&Series::new(Kind::Reading, "A", None), 0, 10).await.expect("fetch");
-    q.dead_letter(rows[0].id, "rejected by the API".into(), Some(400), Some("{\"detail\":\"bad\"}".into()))
-        .expect("dead");
+        .expect("fetch");
+    q.dead_letter(
+        rows[0].id,
+        "rejected by the API".into(),
+        Some(400),
+        Some("{\"detail\":\"bad\"}".into()),
+    )
+    .expect("dead");
     q.delivered(rows[1].id, true).expect("delivered");
     // A second acknowledgement of the same reading (resent after a timeout) counts once.
     q.delivered(rows[1].id, false).expect("delivered");
     q.flush().await.expect("flush");
     let s = q.stats().await.expect("stats");
-    assert_eq!((counter(&s, "dead_lettered"), counter(&s, "delivered"), counter(&s, "duplicates")), (1, 1, 1));
+    assert_eq!(
+        (
+            counter(&s, "dead_lettered"),
+            counter(&s, "delivered"),
+            counter(&s, "duplicates")
+        ),
+        (1, 1, 1)
+    );
     q.close().await.expect("close");
     let dead = dead_list(&dir.path().join("queue.db")).expect("dead");
     assert_eq!(dead.len(), 1);
@@ -243,16 +293,32 @@ async fn bound_drops_oldest_data_points_first_with_exact_counts() {
     let s = q.stats().await.expect("stats");
     assert_eq!(s.pending, 10);
     assert_eq!(counter(&s, "dropped"), 2);
-    let points = q.fetch(&Series::new(Kind::DataPoint, "P", None), 0, 100).await.expect("fetch");
-    assert_eq!(points.iter().map(|r| r.reading.time).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    let points = q
+        .fetch(&Series::new(Kind::DataPoint, "P", None), 0, 100)
+        .await
+        .expect("fetch");
+    assert_eq!(
+        points.iter().map(|r| r.reading.time).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5]
+    );
     // Six more readings: the remaining four data points go, then the two oldest readings.
-    let batch = (6..12).map(|i| reading(Kind::Reading, "R", i, i as f64)).collect();
+    let batch = (6..12)
+        .map(|i| reading(Kind::Reading, "R", i, i as f64))
+        .collect();
     q.commit(batch).await.expect("commit");
     let s = q.stats().await.expect("stats");
     assert_eq!(s.pending, 10);
     assert_eq!(counter(&s, "dropped"), 8);
-    assert!(q.fetch(&Series::new(Kind::DataPoint, "P", None), 0, 100).await.expect("fetch").is_empty());
-    let readings = q.fetch(&Series::new(Kind::Reading, "R", None), 0, 100).await.expect("fetch");
+    assert!(
+        q.fetch(&Series::new(Kind::DataPoint, "P", None), 0, 100)
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    let readings = q
+        .fetch(&Series::new(Kind::Reading, "R", None), 0, 100)
+        .await
+        .expect("fetch");
     assert_eq!(readings.first().map(|r| r.reading.time), Some(2));
     drain_all(&q).await;
     q.close().await.expect("close");
@@ -286,7 +352,10 @@ async fn readings_older_than_max_age_are_dropped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(dropped, 1);
-    let rows = q.fetch(&Series::new(Kind::Reading, "A", None), 0, 10).await.expect("fetch");
+    let rows = q
+        .fetch(&Series::new(Kind::Reading, "A", None), 0, 10)
+        .await
+        .expect("fetch");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].reading.value, 2.0);
     q.close().await.expect("close");
@@ -301,13 +370,17 @@ async fn concurrent_producers_share_transactions() {
     })
     .expect("open");
     // Open a first transaction so the next window is in force.
-    q.commit(vec![reading(Kind::Reading, "warm", 0, 0.0)]).await.expect("commit");
+    q.commit(vec![reading(Kind::Reading, "warm", 0, 0.0)])
+        .await
+        .expect("commit");
     let before = q.stats().await.expect("stats").commits;
     let mut tasks = Vec::new();
     for bus in 0..20 {
         let q = q.clone();
         tasks.push(tokio::spawn(async move {
-            let batch = (0..5).map(|i| reading(Kind::Reading, &format!("bus{bus}"), i, i as f64)).collect();
+            let batch = (0..5)
+                .map(|i| reading(Kind::Reading, &format!("bus{bus}"), i, i as f64))
+                .collect();
             q.commit(batch).await
         }));
     }
@@ -316,7 +389,11 @@ async fn concurrent_producers_share_transactions() {
     }
     let s = q.stats().await.expect("stats");
     // 20 producers within one window: one or two transactions, not twenty.
-    assert!(s.commits - before <= 2, "{} transactions", s.commits - before);
+    assert!(
+        s.commits - before <= 2,
+        "{} transactions",
+        s.commits - before
+    );
     assert_eq!(s.pending, 101);
     q.close().await.expect("close");
 }
@@ -351,7 +428,10 @@ async fn disk_full_holds_readings_in_memory_and_commits_them_later() {
             break;
         }
     }
-    assert!(committed > 0 && held == 10, "committed {committed} held {held}");
+    assert!(
+        committed > 0 && held == 10,
+        "committed {committed} held {held}"
+    );
     let s = q.stats().await.expect("stats");
     assert!(s.disk_full);
     assert_eq!(s.held_in_memory, 10);
@@ -381,7 +461,10 @@ async fn disk_full_holds_readings_in_memory_and_commits_them_later() {
     assert_eq!(pending as usize, committed + 50);
     let all = drain_all(&q).await;
     // Order per series holds across the episode.
-    assert!(all.windows(2).all(|w| w[0].reading.time < w[1].reading.time));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].reading.time < w[1].reading.time)
+    );
     let s = q.stats().await.expect("stats");
     assert_eq!(counter(&s, "dropped"), 20);
     assert_eq!(
@@ -395,14 +478,25 @@ async fn disk_full_holds_readings_in_memory_and_commits_them_later() {
 async fn garbage_file_is_set_aside_and_a_fresh_queue_works() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("queue.db");
-    std::fs::write(&path, b"this is not an SQLite database, just some text that happens to be here").expect("write");
+    std::fs::write(
+        &path,
+        b"this is not an SQLite database, just some text that happens to be here",
+    )
+    .expect("write");
     let (q, report) = Queue::open(opts(&dir)).expect("open");
     let aside = report.set_aside.expect("set aside");
-    assert!(aside.moved_to.to_string_lossy().contains("queue.db.corrupt-"));
+    assert!(
+        aside
+            .moved_to
+            .to_string_lossy()
+            .contains("queue.db.corrupt-")
+    );
     assert!(aside.moved_to.exists());
     assert_eq!(aside.salvaged, 0);
     assert_eq!(aside.lost, None);
-    q.commit(vec![reading(Kind::Reading, "A", 1, 1.0)]).await.expect("commit");
+    q.commit(vec![reading(Kind::Reading, "A", 1, 1.0)])
+        .await
+        .expect("commit");
     assert_eq!(drain_all(&q).await.len(), 1);
     let s = q.stats().await.expect("stats");
     assert_eq!(counter(&s, "set_aside"), 1);
@@ -416,14 +510,19 @@ async fn zero_length_file_is_a_fresh_queue() {
     std::fs::write(&path, b"").expect("write");
     let (q, report) = Queue::open(opts(&dir)).expect("open");
     assert!(report.set_aside.is_none());
-    q.commit(vec![reading(Kind::Reading, "A", 1, 1.0)]).await.expect("commit");
+    q.commit(vec![reading(Kind::Reading, "A", 1, 1.0)])
+        .await
+        .expect("commit");
     q.close().await.expect("close");
 }
 
 /// Overwrites 4 KiB pages of a file with garbage.
 fn damage(path: &std::path::Path, pages: &[u64]) {
     use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
     for p in pages {
         f.seek(SeekFrom::Start(p * 4096)).expect("seek");
         f.write_all(&[0xA5; 4096]).expect("write");
@@ -436,10 +535,16 @@ async fn damaged_queue_keeps_its_readable_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("queue.db");
     let (q, _) = Queue::open(opts(&dir)).expect("open");
-    let batch: Vec<Reading> = (0..3000).map(|i| reading(Kind::Reading, "A", i, i as f64)).collect();
+    let batch: Vec<Reading> = (0..3000)
+        .map(|i| reading(Kind::Reading, "A", i, i as f64))
+        .collect();
     q.commit(batch).await.expect("commit");
-    let d = q.fetch(&Series::new(Kind::Reading, "A", None), 0, 1).await.expect("fetch");
-    q.dead_letter(d[0].id, "test".into(), Some(400), None).expect("dead");
+    let d = q
+        .fetch(&Series::new(Kind::Reading, "A", None), 0, 1)
+        .await
+        .expect("fetch");
+    q.dead_letter(d[0].id, "test".into(), Some(400), None)
+        .expect("dead");
     q.close().await.expect("close");
     let size = std::fs::metadata(&path).expect("meta").len();
     let pages = size / 4096;
@@ -448,15 +553,27 @@ async fn damaged_queue_keeps_its_readable_rows() {
     damage(&path, &[pages / 2, pages / 2 + 1]);
     let (q, report) = Queue::open(opts(&dir)).expect("open");
     let aside = report.set_aside.expect("set aside");
-    assert!(aside.salvaged > 2000 && aside.salvaged < 2999, "salvaged {}", aside.salvaged);
+    assert!(
+        aside.salvaged > 2000 && aside.salvaged < 2999,
+        "salvaged {}",
+        aside.salvaged
+    );
     assert_eq!(aside.salvaged as u64 + aside.lost.unwrap_or(0), 2999);
     assert_eq!(report.pending, aside.salvaged);
     let rows = drain_all(&q).await;
     assert_eq!(rows.len() as u64, aside.salvaged);
-    assert!(rows.windows(2).all(|w| w[0].id < w[1].id && w[0].reading.time < w[1].reading.time));
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].id < w[1].id && w[0].reading.time < w[1].reading.time)
+    );
     // New readings get ids above every old one.
-    q.commit(vec![reading(Kind::Reading, "A", 5000, 5000.0)]).await.expect("commit");
-    let new = q.fetch(&Series::new(Kind::Reading, "A", None), 0, 10).await.expect("fetch");
+    q.commit(vec![reading(Kind::Reading, "A", 5000, 5000.0)])
+        .await
+        .expect("commit");
+    let new = q
+        .fetch(&Series::new(Kind::Reading, "A", None), 0, 10)
+        .await
+        .expect("fetch");
     assert!(new[0].id > 3000);
     let s = q.stats().await.expect("stats");
     assert_eq!(
@@ -485,7 +602,11 @@ async fn older_schema_is_migrated_with_its_backlog() {
             )
             .expect("reading");
         }
-        conn.execute("INSERT INTO counters (name, value) VALUES ('enqueued', 10)", []).expect("counter");
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('enqueued', 10)",
+            [],
+        )
+        .expect("counter");
     }
     let (q, report) = Queue::open(opts(&dir)).expect("open");
     assert_eq!(report.pending, 10);
@@ -503,7 +624,8 @@ fn newer_schema_is_refused_not_set_aside() {
     let path = dir.path().join("queue.db");
     {
         let conn = rusqlite::Connection::open(&path).expect("open");
-        conn.execute_batch("CREATE TABLE x (a); PRAGMA user_version = 99;").expect("setup");
+        conn.execute_batch("CREATE TABLE x (a); PRAGMA user_version = 99;")
+            .expect("setup");
     }
     let err = Queue::open(opts(&dir)).expect_err("must refuse");
     assert!(err.to_string().contains("newer version"), "{err}");
@@ -522,9 +644,12 @@ async fn tool_writes_leave_files_owned_like_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("queue.db");
     let (q, _) = Queue::open(opts(&dir)).expect("open");
-    q.commit(vec![reading(Kind::Reading, "A", 2, 2.0), reading(Kind::Reading, "A", 3, 1.0)])
-        .await
-        .expect("commit");
+    q.commit(vec![
+        reading(Kind::Reading, "A", 2, 2.0),
+        reading(Kind::Reading, "A", 3, 1.0),
+    ])
+    .await
+    .expect("commit");
     q.close().await.expect("close");
     if !nix_is_root() {
         eprintln!("not root: ownership hand-over cannot be exercised here (CI runs as root)");
@@ -534,7 +659,9 @@ async fn tool_writes_leave_files_owned_like_the_queue() {
     // Another connection keeps -wal and -shm alive after the tool exits, as a running
     // service would.
     let other = rusqlite::Connection::open(&path).expect("open");
-    other.query_row("SELECT count(*) FROM readings", [], |_| Ok(())).expect("read");
+    other
+        .query_row("SELECT count(*) FROM readings", [], |_| Ok(()))
+        .expect("read");
     dead_retry(&path, &DeadSelection::All).expect("retry");
     let mut checked = 0;
     for ext in ["-wal", "-shm"] {
@@ -551,6 +678,10 @@ async fn tool_writes_leave_files_owned_like_the_queue() {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -38,7 +38,9 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         self.attempts = self.attempts.saturating_add(1);
         // With max_elapsed_time = None the crate never stops; the fallback is the cap.
-        self.inner.next_backoff().unwrap_or(self.inner.max_interval * 2)
+        self.inner
+            .next_backoff()
+            .unwrap_or(self.inner.max_interval * 2)
     }
 
     /// The upper bound of the next delay (for tests and log messages).
@@ -73,13 +75,25 @@ mod tests {
         }
         for (n, s) in samples.iter().enumerate() {
             let ceiling = Duration::from_secs(1u64 << n).min(cap);
-            assert!(s.iter().all(|d| *d <= ceiling + Duration::from_millis(1)), "attempt {n}");
+            assert!(
+                s.iter().all(|d| *d <= ceiling + Duration::from_millis(1)),
+                "attempt {n}"
+            );
             // Full jitter: spread over the whole range, mean about half the ceiling.
             let mean = s.iter().map(Duration::as_secs_f64).sum::<f64>() / s.len() as f64;
             let c = ceiling.as_secs_f64();
-            assert!(mean > 0.35 * c && mean < 0.65 * c, "attempt {n}: mean {mean} of {c}");
-            assert!(s.iter().any(|d| d.as_secs_f64() < 0.2 * c), "attempt {n}: no short delay");
-            assert!(s.iter().any(|d| d.as_secs_f64() > 0.8 * c), "attempt {n}: no long delay");
+            assert!(
+                mean > 0.35 * c && mean < 0.65 * c,
+                "attempt {n}: mean {mean} of {c}"
+            );
+            assert!(
+                s.iter().any(|d| d.as_secs_f64() < 0.2 * c),
+                "attempt {n}: no short delay"
+            );
+            assert!(
+                s.iter().any(|d| d.as_secs_f64() > 0.8 * c),
+                "attempt {n}: no long delay"
+            );
         }
     }
 

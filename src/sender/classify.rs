@@ -45,7 +45,9 @@ pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Outc
         401 | 403 => Outcome::PauseAll { reread_token: true },
         // 404/406/415 and every other code we do not expect: a configuration or client
         // problem, never a reason to drop data.
-        _ => Outcome::PauseAll { reread_token: false },
+        _ => Outcome::PauseAll {
+            reread_token: false,
+        },
     }
 }
 
@@ -57,7 +59,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// Consecutive identical rejections needed to trip the breaker.
@@ -138,16 +144,29 @@ mod tests {
             assert_eq!(classify(s, None, now), Outcome::Rejected);
         }
         for s in [401, 403] {
-            assert_eq!(classify(s, None, now), Outcome::PauseAll { reread_token: true });
+            assert_eq!(
+                classify(s, None, now),
+                Outcome::PauseAll { reread_token: true }
+            );
         }
         for s in [404, 406, 415, 405, 301, 302] {
-            assert_eq!(classify(s, None, now), Outcome::PauseAll { reread_token: false });
+            assert_eq!(
+                classify(s, None, now),
+                Outcome::PauseAll {
+                    reread_token: false
+                }
+            );
         }
         assert_eq!(
             classify(429, Some("3"), now),
-            Outcome::SlowDown { retry_after: Some(Duration::from_secs(3)) }
+            Outcome::SlowDown {
+                retry_after: Some(Duration::from_secs(3))
+            }
         );
-        assert_eq!(classify(503, None, now), Outcome::SlowDown { retry_after: None });
+        assert_eq!(
+            classify(503, None, now),
+            Outcome::SlowDown { retry_after: None }
+        );
         for s in [408, 500, 502, 504, 599] {
             assert_eq!(classify(s, None, now), Outcome::RetrySeries);
         }
@@ -156,7 +175,10 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = httpdate::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").expect("date");
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("99999", now), Some(MAX_RETRY_AFTER));
         assert_eq!(
@@ -164,8 +186,14 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         // In the past: no wait beyond the backoff.
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2026 07:00:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Fri, 21 Oct 2033 07:28:00 GMT", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2026 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 21 Oct 2033 07:28:00 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }

@@ -95,10 +95,11 @@ pub fn http_client(s: &SenderSettings) -> Result<reqwest::Client, SenderError> {
             path: path.clone(),
             error: e.to_string(),
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SenderError::CaFile {
-            path: path.clone(),
-            error: e.to_string(),
-        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SenderError::CaFile {
+                path: path.clone(),
+                error: e.to_string(),
+            })?;
         b = b.tls_certs_merge(certs);
     }
     b.build().map_err(|e| SenderError::Client(e.to_string()))
@@ -188,7 +189,10 @@ impl Every {
 
     fn due(&mut self) -> bool {
         let now = Instant::now();
-        if self.last.is_none_or(|t| now.duration_since(t) >= self.period) {
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= self.period)
+        {
             self.last = Some(now);
             true
         } else {
@@ -338,7 +342,9 @@ impl Sender {
 
     fn record_error(&mut self, msg: &str) {
         let _ = self.queue.record_state("last_error", msg);
-        let _ = self.queue.record_state("last_error_at", crate::queue::now_unix().to_string());
+        let _ = self
+            .queue
+            .record_state("last_error_at", crate::queue::now_unix().to_string());
     }
 
     fn auth_error(&mut self, msg: String) {
@@ -367,7 +373,11 @@ impl Sender {
             }
             let now = Instant::now();
             self.resume_if_due(now);
-            if self.need_scan || self.last_scan.is_none_or(|t| now.duration_since(t) >= self.s.rescan) {
+            if self.need_scan
+                || self
+                    .last_scan
+                    .is_none_or(|t| now.duration_since(t) >= self.s.rescan)
+            {
                 self.scan().await?;
             }
             while inflight.len() < self.s.max_in_flight && !self.paused(Instant::now()) {
@@ -380,7 +390,8 @@ impl Sender {
                 let Some(req) = self.request(&reading) else {
                     // Cannot happen for a committed reading (the queue refuses NaN); keep the
                     // guarantee anyway: such a value goes to the dead letters, not the wire.
-                    self.queue.dead_letter(reading.id, "not a finite number".into(), None, None)?;
+                    self.queue
+                        .dead_letter(reading.id, "not a finite number".into(), None, None)?;
                     if let Some(st) = self.series.get_mut(&series) {
                         st.busy = false;
                     }
@@ -454,15 +465,19 @@ impl Sender {
         let pending = self.queue.pending_series().await?;
         let cap = self.s.max_backoff;
         for p in pending {
-            let st = self.series.entry(p.series).or_insert_with(|| SeriesState::new(cap));
+            let st = self
+                .series
+                .entry(p.series)
+                .or_insert_with(|| SeriesState::new(cap));
             if p.last_id > st.cursor {
                 st.exhausted = false;
                 st.next_hint = st.next_hint.min(p.first_id.max(st.cursor + 1));
             }
         }
         // Forget idle series without backoff state, so the map follows the configuration.
-        self.series
-            .retain(|_, st| st.busy || !st.buffer.is_empty() || st.not_before.is_some() || st.next_hint != i64::MAX);
+        self.series.retain(|_, st| {
+            st.busy || !st.buffer.is_empty() || st.not_before.is_some() || st.next_hint != i64::MAX
+        });
         Ok(())
     }
 
@@ -471,7 +486,9 @@ impl Sender {
         self.series
             .iter()
             .filter(|(_, st)| {
-                !st.busy && st.not_before.is_none_or(|t| t <= now) && (!st.buffer.is_empty() || !st.exhausted)
+                !st.busy
+                    && st.not_before.is_none_or(|t| t <= now)
+                    && (!st.buffer.is_empty() || !st.exhausted)
             })
             .min_by_key(|(_, st)| st.next_id())
             .map(|(s, _)| s.clone())
@@ -515,7 +532,11 @@ impl Sender {
         let url = payload::post_url(&self.s.base_url, &self.s.customer_id, r.reading.series.kind);
         // Without a token the sender is paused and never gets here; an empty header would be
         // answered 401, which pauses it again: never a loss.
-        let auth = self.token.as_ref().map(Token::header_value).unwrap_or_default();
+        let auth = self
+            .token
+            .as_ref()
+            .map(Token::header_value)
+            .unwrap_or_default();
         Some((url, auth, body))
     }
 
@@ -527,7 +548,12 @@ impl Sender {
         }
     }
 
-    fn handle(&mut self, series: Series, reading: QueuedReading, answer: Answer) -> Result<(), SenderError> {
+    fn handle(
+        &mut self,
+        series: Series,
+        reading: QueuedReading,
+        answer: Answer,
+    ) -> Result<(), SenderError> {
         if let Some(st) = self.series.get_mut(&series) {
             st.busy = false;
         }
@@ -561,7 +587,8 @@ impl Sender {
         let outcome = classify::classify(status, retry_after.as_deref(), SystemTime::now());
         match outcome {
             Outcome::Delivered | Outcome::Duplicate => {
-                self.queue.delivered(reading.id, outcome == Outcome::Duplicate)?;
+                self.queue
+                    .delivered(reading.id, outcome == Outcome::Duplicate)?;
                 self.breaker.on_other_answer(true);
                 self.slowdown.reset();
                 if let Some(st) = self.series.get_mut(&series) {
@@ -586,7 +613,8 @@ impl Sender {
                         "reading rejected by the API; kept as a dead letter, the series continues"
                     );
                     let body = payload::truncate(&body, 1024).to_string();
-                    self.queue.dead_letter(reading.id, reason, Some(status), Some(body))?;
+                    self.queue
+                        .dead_letter(reading.id, reason, Some(status), Some(body))?;
                 }
                 Verdict::Trip | Verdict::StillTripped => {
                     self.put_back(&series, reading);
@@ -620,7 +648,11 @@ impl Sender {
                 let backoff = self.slowdown.next_delay();
                 let delay = retry_after.map_or(backoff, |ra| ra.max(backoff));
                 if self.warn_log.due() {
-                    tracing::warn!(status, delay_ms = delay.as_millis() as u64, "the API asks to slow down; all series wait");
+                    tracing::warn!(
+                        status,
+                        delay_ms = delay.as_millis() as u64,
+                        "the API asks to slow down; all series wait"
+                    );
                 }
                 self.record_error(&format!("the API answered {status} (slow down)"));
                 self.pause_all(PauseKind::SlowDown, delay);
@@ -642,7 +674,10 @@ impl Sender {
                     }
                     st.failing = true;
                 }
-                self.record_error(&format!("the API answered {status} for {}", series.import_id));
+                self.record_error(&format!(
+                    "the API answered {status} for {}",
+                    series.import_id
+                ));
             }
             Outcome::NetworkDown => {}
         }
@@ -656,9 +691,14 @@ impl Sender {
             let _ = self.queue.record_state("sending", "ok");
         }
         let now = Instant::now();
-        if self.last_delivery_record.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        if self
+            .last_delivery_record
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
             self.last_delivery_record = Some(now);
-            let _ = self.queue.record_state("last_delivery", crate::queue::now_unix().to_string());
+            let _ = self
+                .queue
+                .record_state("last_delivery", crate::queue::now_unix().to_string());
         }
     }
 }
@@ -667,7 +707,10 @@ impl Sender {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Latest {
     /// 200: the latest stored value (time and value as the API gave them).
-    Found { time: Option<String>, value: Option<String> },
+    Found {
+        time: Option<String>,
+        value: Option<String>,
+    },
     /// 404: nothing stored yet (or an unknown import id).
     NotFound,
     /// Any other answer.
@@ -695,7 +738,10 @@ pub async fn latest(
         200 => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let data = v.get("data");
-            let field = |k: &str| data.and_then(|d| d.get(k)).map(|x| x.to_string().trim_matches('"').to_string());
+            let field = |k: &str| {
+                data.and_then(|d| d.get(k))
+                    .map(|x| x.to_string().trim_matches('"').to_string())
+            };
             Latest::Found {
                 time: field("time"),
                 value: field("state").or_else(|| field("value")),

@@ -23,15 +23,26 @@ fn endpoint(kind: Kind) -> &'static str {
 
 /// `POST {base}/import/readings/{customer}` or `…/data_points/{customer}`.
 pub fn post_url(base_url: &str, customer_id: &str, kind: Kind) -> String {
-    format!("{}/import/{}/{}", base_url.trim_end_matches('/'), endpoint(kind), customer_id)
+    format!(
+        "{}/import/{}/{}",
+        base_url.trim_end_matches('/'),
+        endpoint(kind),
+        customer_id
+    )
 }
 
 /// `GET {base}/import/{readings|data_points}/{customer}/{import_id}/{suit}/latest`, with path
 /// segments escaped.
-pub fn latest_url(base_url: &str, customer_id: &str, series: &Series) -> Result<reqwest::Url, String> {
+pub fn latest_url(
+    base_url: &str,
+    customer_id: &str,
+    series: &Series,
+) -> Result<reqwest::Url, String> {
     let mut url = reqwest::Url::parse(base_url.trim_end_matches('/')).map_err(|e| e.to_string())?;
     {
-        let mut seg = url.path_segments_mut().map_err(|()| "base_url cannot have a path".to_string())?;
+        let mut seg = url
+            .path_segments_mut()
+            .map_err(|()| "base_url cannot have a path".to_string())?;
         seg.pop_if_empty();
         seg.extend([
             "import",
@@ -47,7 +58,8 @@ pub fn latest_url(base_url: &str, customer_id: &str, series: &Series) -> Result<
 
 /// RFC 3339, UTC, whole seconds: `2026-11-26T10:15:00Z`.
 pub fn format_time(unix: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -157,7 +169,12 @@ mod tests {
 
     #[test]
     fn reading_body() {
-        let b = body(&r(Kind::Reading, 123456.78, None), "gateway-01", IdField::ImportId).expect("body");
+        let b = body(
+            &r(Kind::Reading, 123456.78, None),
+            "gateway-01",
+            IdField::ImportId,
+        )
+        .expect("body");
         assert_eq!(
             String::from_utf8(b).expect("utf8"),
             r#"{"data":{"import_id":"40AABB_007","time":"2026-11-26T10:15:00Z","state":123456.78,"unit":"kWh","sender":"gateway-01"}}"#
@@ -166,7 +183,12 @@ mod tests {
 
     #[test]
     fn data_point_meter_id_and_suit() {
-        let b = body(&r(Kind::DataPoint, 0.2301, Some("test")), "gw", IdField::MeterId).expect("body");
+        let b = body(
+            &r(Kind::DataPoint, 0.2301, Some("test")),
+            "gw",
+            IdField::MeterId,
+        )
+        .expect("body");
         assert_eq!(
             String::from_utf8(b).expect("utf8"),
             r#"{"data":{"meter_id":"40AABB_007","time":"2026-11-26T10:15:00Z","value":0.2301,"unit":"kWh","sender":"gw","suit":"test"}}"#
@@ -198,14 +220,19 @@ mod tests {
         );
         let s = Series::new(Kind::Reading, "A/B", None);
         assert_eq!(
-            latest_url("https://x.test/base/", "c", &s).expect("url").as_str(),
+            latest_url("https://x.test/base/", "c", &s)
+                .expect("url")
+                .as_str(),
             "https://x.test/base/import/readings/c/A%2FB/default/latest"
         );
     }
 
     #[test]
     fn details() {
-        assert_eq!(error_detail(r#"{"errors":[{"status":"400","detail":"time is invalid"}]}"#), "time is invalid");
+        assert_eq!(
+            error_detail(r#"{"errors":[{"status":"400","detail":"time is invalid"}]}"#),
+            "time is invalid"
+        );
         assert_eq!(error_detail(r#"{"detail":"nope"}"#), "nope");
         assert_eq!(error_detail("  plain text  "), "plain text");
         assert_eq!(truncate("žžž", 3), "ž");
