@@ -5,6 +5,7 @@
 //! codes. Data flows one way: bus task → [`queue`] → [`sender`]. Protocol cores
 //! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
 
+pub mod commands;
 pub mod config;
 pub mod events;
 pub mod modbus;
