@@ -9,4 +9,5 @@ pub mod config;
 pub mod modbus;
 pub mod profile;
 pub mod reading;
+pub mod sim;
 pub mod units;
