@@ -13,5 +13,6 @@ pub mod profile;
 pub mod queue;
 pub mod reading;
 pub mod sender;
+pub mod sim;
 pub mod token;
 pub mod units;
