@@ -1,0 +1,348 @@
+//! The sender end to end: readings committed through the library travel over real HTTP on
+//! loopback to the stand-in API, which checks the wire format and fails on command.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use enectiva_collector::config::IdField;
+use enectiva_collector::queue::{self, DeadSelection, Queue, QueueOptions};
+use enectiva_collector::reading::{Kind, Reading, Series};
+use enectiva_collector::sender::{Sender, SenderError, SenderSettings};
+use enectiva_collector::sim::api::{Accepted, Answer, Mode, StandIn};
+use enectiva_collector::token::TokenSource;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const CUSTOMER: &str = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11";
+const TOKEN: &str = "test-token-123";
+
+struct Rig {
+    dir: tempfile::TempDir,
+    queue: Queue,
+    api: StandIn,
+    token_file: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), SenderError>>>,
+}
+
+impl Rig {
+    async fn start(token: &str, tune: impl FnOnce(&mut SenderSettings)) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = StandIn::start(CUSTOMER, TOKEN).await.expect("stand-in");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token).expect("token");
+        let (queue, _) = Queue::open(QueueOptions {
+            commit_window: Duration::from_millis(20),
+            state_interval: Duration::from_millis(100),
+            ..QueueOptions::new(dir.path().join("queue.db"))
+        })
+        .expect("queue");
+        let mut s = SenderSettings {
+            base_url: api.base_url(),
+            customer_id: CUSTOMER.into(),
+            sender: "gateway-test".into(),
+            id_field: IdField::ImportId,
+            timeout: Duration::from_secs(2),
+            max_in_flight: 2,
+            max_backoff: Duration::from_secs(2),
+            ca_file: None,
+            token: Some(TokenSource::File(token_file.clone())),
+            auth_retry: Duration::from_millis(300),
+            error_log_every: Duration::from_secs(600),
+            rescan: Duration::from_millis(200),
+        };
+        tune(&mut s);
+        let shutdown = CancellationToken::new();
+        let sender = Sender::new(s, queue.clone()).expect("sender");
+        let task = Some(tokio::spawn(sender.run(shutdown.clone())));
+        Rig {
+            dir,
+            queue,
+            api,
+            token_file,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn commit(&self, readings: Vec<Reading>) {
+        let rep = self.queue.commit(readings).await.expect("commit");
+        assert_eq!(rep.held, 0);
+    }
+
+    async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("sender");
+        }
+        self.queue.close().await.expect("close");
+        self.dir
+    }
+
+    /// Waits until the sender has processed every answer and the removals are committed.
+    async fn drained(&self) -> queue::Stats {
+        let deadline = Instant::now() + LONG;
+        loop {
+            self.queue.flush().await.expect("flush");
+            let stats = self.queue.stats().await.expect("stats");
+            if stats.pending == 0 || Instant::now() > deadline {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn queue_path(&self) -> PathBuf {
+        self.dir.path().join("queue.db")
+    }
+}
+
+fn reading(kind: Kind, id: &str, time: i64, value: f64) -> Reading {
+    Reading {
+        series: Series::new(kind, id, None),
+        time,
+        value,
+        unit: Some("kWh".into()),
+        clock_synced: true,
+        invalid: None,
+    }
+}
+
+/// `n` readings for each series, interleaved, times a minute apart.
+fn interleaved(series: &[&str], n: usize) -> Vec<Reading> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        for s in series {
+            out.push(reading(Kind::Reading, s, 1_795_000_000 + 60 * i as i64, 1000.0 + i as f64 * 0.5));
+        }
+    }
+    out
+}
+
+fn of_series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
+    acc.iter().filter(|a| a.import_id == id).collect()
+}
+
+/// Every series' accepted readings are exactly the committed ones, in order.
+fn assert_in_order(acc: &[Accepted], series: &[&str], n: usize) {
+    for s in series {
+        let got: Vec<f64> = of_series(acc, s).iter().map(|a| a.value).collect();
+        let want: Vec<f64> = (0..n).map(|i| 1000.0 + i as f64 * 0.5).collect();
+        assert_eq!(got, want, "series {s}");
+    }
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_in_order_per_series_exactly_once() {
+    let rig = Rig::start(TOKEN, |_| {}).await;
+    let series = ["A", "B", "C"];
+    rig.commit(interleaved(&series, 40)).await;
+    let mut data_point = reading(Kind::DataPoint, "TEMP", 1_795_000_000, 0.2301);
+    data_point.unit = Some("kW".into());
+    data_point.series.suit = Some("test".into());
+    rig.commit(vec![data_point]).await;
+    assert!(rig.api.wait_accepted(121, LONG).await, "accepted {}", rig.api.accepted_count());
+    let acc = rig.api.accepted();
+    assert_in_order(&acc, &series, 40);
+    // Exactly once: no request beyond the readings.
+    assert_eq!(rig.api.attempts().len(), 121);
+    let dp = acc.iter().find(|a| a.import_id == "TEMP").expect("data point");
+    assert_eq!((dp.kind, dp.raw_value.as_str(), dp.suit.as_deref()), ("data_point", "0.2301", Some("test")));
+    assert_eq!(dp.sender.as_deref(), Some("gateway-test"));
+    assert_eq!(acc[0].time, "2026-11-18T11:06:40Z");
+    // Keep-alive: far fewer connections than requests.
+    assert!(rig.api.connections() <= 4, "{} connections", rig.api.connections());
+    let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    assert_eq!(stats.counters.get("delivered"), Some(&121));
+    assert_eq!(stats.counters.get("duplicates"), None);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_503_then_refused_accumulates_then_drains_in_order() {
+    let rig = Rig::start(TOKEN, |s| s.max_backoff = Duration::from_secs(1)).await;
+    let series = ["A", "B"];
+    rig.api.script(std::iter::repeat_n(Answer::Status(503), 12));
+    let all = interleaved(&series, 30);
+    rig.commit(all[..20].to_vec()).await;
+    assert!(rig.api.wait_attempts(12, LONG).await);
+    // 503 pauses every series with a growing, jittered backoff (cap 1 s here).
+    let attempts = rig.api.attempts();
+    let gaps: Vec<f64> = attempts[..12].windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64()).collect();
+    assert!(gaps.iter().all(|g| *g <= 1.0 + 0.3), "gaps above the cap: {gaps:?}");
+    let mean = gaps[3..].iter().sum::<f64>() / gaps[3..].len() as f64;
+    assert!(mean > 0.15, "no backoff: {gaps:?}");
+    // Then the API disappears (connection refused) while readings keep coming.
+    rig.api.set_mode(Mode::Down).await.expect("down");
+    rig.commit(all[20..40].to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rig.commit(all[40..].to_vec()).await;
+    rig.api.set_mode(Mode::Normal).await.expect("up");
+    assert!(rig.api.wait_accepted(60, LONG).await, "accepted {}", rig.api.accepted_count());
+    assert_in_order(&rig.api.accepted(), &series, 30);
+    let stats = rig.drained().await;
+    assert_eq!(stats.counters.get("dead_lettered"), None);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_pauses_everything() {
+    let rig = Rig::start(TOKEN, |_| {}).await;
+    rig.api.script([Answer::StatusRetryAfter(429, "3".into())]);
+    rig.commit(interleaved(&["A", "B"], 5)).await;
+    assert!(rig.api.wait_accepted(10, LONG).await);
+    let attempts = rig.api.attempts();
+    let first = attempts.iter().position(|a| a.status == Some(429)).expect("429");
+    let t429 = attempts[first].at;
+    // A request already in flight when the 429 was answered may land just after it; after
+    // that nothing comes for 3 s.
+    for a in &attempts[first + 1..] {
+        let after = a.at.duration_since(t429);
+        assert!(
+            after < Duration::from_millis(100) || after >= Duration::from_millis(2990),
+            "request {after:?} after a 429 with Retry-After: 3"
+        );
+    }
+    assert!(attempts.last().expect("attempts").at.duration_since(t429) >= Duration::from_secs(3));
+    assert_in_order(&rig.api.accepted(), &["A", "B"], 5);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_counts_as_delivered_and_rejection_is_dead_lettered() {
+    let rig = Rig::start(TOKEN, |s| s.max_in_flight = 1).await;
+    // First request 409 (already stored), second 400 (rejected); the series goes on.
+    rig.api.script([Answer::Status(409), Answer::Status(400)]);
+    rig.commit(interleaved(&["A"], 6)).await;
+    assert!(rig.api.wait_accepted(4, LONG).await);
+    assert!(rig.api.wait_attempts(6, LONG).await);
+    let got: Vec<f64> = rig.api.accepted().iter().map(|a| a.value).collect();
+    assert_eq!(got, vec![1001.0, 1001.5, 1002.0, 1002.5]);
+    let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    let c = |k: &str| stats.counters.get(k).copied().unwrap_or(0);
+    assert_eq!((c("delivered"), c("duplicates"), c("dead_lettered")), (5, 1, 1));
+    let path = rig.queue_path();
+    let dead = queue::dead_list(&path).expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].status, dead[0].value), (Some(400), Some(1000.5)));
+    assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
+    // The operator resends it while the daemon runs.
+    queue::dead_retry(&path, &DeadSelection::All).expect("retry");
+    assert!(rig.api.wait_accepted(5, LONG).await);
+    assert_eq!(rig.api.accepted().last().map(|a| a.value), Some(1000.5));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_drops_nothing_and_resumes_when_the_token_file_is_fixed() {
+    let rig = Rig::start("wrong-token", |_| {}).await;
+    rig.commit(interleaved(&["A", "B"], 5)).await;
+    assert!(rig.api.wait_attempts(3, LONG).await);
+    assert_eq!(rig.api.accepted_count(), 0);
+    // (A request still being answered shows no status yet.)
+    assert!(rig.api.attempts().iter().all(|a| matches!(a.status, Some(401) | None)));
+    // While paused, retries come about every auth_retry (300 ms), not in a tight loop.
+    let before = rig.api.attempts().len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let during = rig.api.attempts().len() - before;
+    assert!(during <= 3 * 2, "{during} attempts in 700 ms while paused");
+    std::fs::write(&rig.token_file, format!("{TOKEN}\n")).expect("fix token");
+    assert!(rig.api.wait_accepted(10, LONG).await);
+    assert_in_order(&rig.api.accepted(), &["A", "B"], 5);
+    assert!(queue::dead_list(&rig.queue_path()).expect("dead").is_empty());
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_token_pauses_until_one_appears() {
+    let rig = Rig::start("", |_| {}).await;
+    std::fs::remove_file(&rig.token_file).expect("rm");
+    rig.commit(interleaved(&["A"], 3)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rig.api.attempts().len(), 0, "no request without a token");
+    std::fs::write(&rig.token_file, TOKEN).expect("token");
+    assert!(rig.api.wait_accepted(3, LONG).await);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_rejections_across_two_series_trip_the_breaker() {
+    let rig = Rig::start(TOKEN, |_| {}).await;
+    rig.api.reject_import_id("A", 400);
+    rig.api.reject_import_id("B", 400);
+    rig.commit(interleaved(&["A", "B"], 10)).await;
+    assert!(rig.api.wait_attempts(6, LONG).await);
+    // Tripped: attempts slow down to one round per auth_retry, dead letters stop growing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    rig.queue.flush().await.expect("flush");
+    let dead = queue::dead_list(&rig.queue_path()).expect("dead");
+    assert!((4..=5).contains(&dead.len()), "{} dead letters", dead.len());
+    let series: std::collections::BTreeSet<_> = dead.iter().map(|d| d.series.import_id.clone()).collect();
+    assert!(series.len() <= 2);
+    let dead_before = dead.len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    rig.queue.flush().await.expect("flush");
+    assert_eq!(queue::dead_list(&rig.queue_path()).expect("dead").len(), dead_before);
+    // The API accepts again: everything kept is delivered.
+    rig.api.clear_rejection("A");
+    rig.api.clear_rejection("B");
+    assert!(rig.api.wait_accepted(20 - dead_before, LONG).await, "accepted {}", rig.api.accepted_count());
+    let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_back_off_globally_and_nothing_is_lost() {
+    let rig = Rig::start(TOKEN, |s| {
+        s.timeout = Duration::from_millis(300);
+        s.max_backoff = Duration::from_secs(1);
+    })
+    .await;
+    rig.api.set_mode(Mode::Hang).await.expect("hang");
+    rig.commit(interleaved(&["A", "B"], 4)).await;
+    assert!(rig.api.wait_attempts(3, LONG).await);
+    rig.api.set_mode(Mode::Normal).await.expect("normal");
+    assert!(rig.api.wait_accepted(8, LONG).await);
+    assert_in_order(&rig.api.accepted(), &["A", "B"], 4);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meter_id_field_and_restart_resumes_from_the_queue() {
+    let rig = Rig::start(TOKEN, |s| s.id_field = IdField::MeterId).await;
+    rig.api.set_mode(Mode::Down).await.expect("down");
+    rig.commit(interleaved(&["A"], 3)).await;
+    let dir = rig.stop().await;
+    // A new process: the queue holds the three readings.
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("stand-in");
+    let (q, report) = Queue::open(QueueOptions::new(dir.path().join("queue.db"))).expect("queue");
+    assert_eq!(report.pending, 3);
+    let s = SenderSettings {
+        base_url: api.base_url(),
+        customer_id: CUSTOMER.into(),
+        sender: "gw".into(),
+        id_field: IdField::MeterId,
+        timeout: Duration::from_secs(2),
+        max_in_flight: 4,
+        max_backoff: Duration::from_secs(2),
+        ca_file: None,
+        token: Some(TokenSource::File(dir.path().join("token"))),
+        auth_retry: Duration::from_millis(300),
+        error_log_every: Duration::from_secs(600),
+        rescan: Duration::from_millis(200),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(Sender::new(s, q.clone()).expect("sender").run(shutdown.clone()));
+    assert!(api.wait_accepted(3, LONG).await);
+    assert!(api.accepted().iter().all(|a| a.id_field == "meter_id"));
+    let started = Instant::now();
+    shutdown.cancel();
+    task.await.expect("join").expect("sender");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    q.close().await.expect("close");
+}
