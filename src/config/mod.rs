@@ -6,6 +6,7 @@
 //! problem at once, each with file, line and column kept through `toml::Spanned`. This module
 //! never opens serial ports or sockets and never reads the API token.
 
+mod mbus_quantities;
 mod raw;
 mod validate;
 
@@ -18,7 +19,11 @@ use crate::profile::Registry;
 use crate::reading::Series;
 use crate::units::Transform;
 
-pub use validate::parse_duration;
+pub use mbus_quantities::{MBUS_QUANTITIES, mbus_quantity};
+pub use validate::{
+    DEFAULT_BASE_URL, FALLBACK_SENDER, default_queue_path, default_sender, parse_duration,
+    parse_secondary_address,
+};
 
 /// Default config path when neither `-c` nor `$ENECTIVA_COLLECTOR_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/enectiva-collector/config.toml";
@@ -291,17 +296,29 @@ impl Config {
         let mut out = Vec::new();
         for bus in &self.modbus_tcp {
             for m in &bus.meters {
-                out.extend(m.channels.iter().map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)));
+                out.extend(
+                    m.channels
+                        .iter()
+                        .map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)),
+                );
             }
         }
         for bus in &self.modbus_rtu {
             for m in &bus.meters {
-                out.extend(m.channels.iter().map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)));
+                out.extend(
+                    m.channels
+                        .iter()
+                        .map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)),
+                );
             }
         }
         for bus in &self.mbus {
             for m in &bus.meters {
-                out.extend(m.channels.iter().map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)));
+                out.extend(
+                    m.channels
+                        .iter()
+                        .map(|c| (bus.name.as_str(), m.name.as_str(), &c.output)),
+                );
             }
         }
         out
