@@ -5,8 +5,14 @@
 //! codes. Data flows one way: bus task → [`queue`] → [`sender`]. Protocol cores
 //! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
 
+pub mod commands;
 pub mod config;
+pub mod events;
 pub mod modbus;
 pub mod profile;
+pub mod queue;
 pub mod reading;
+pub mod sender;
+pub mod sim;
+pub mod token;
 pub mod units;

@@ -102,7 +102,9 @@ impl fmt::Display for Implausible {
         match self {
             Implausible::Sentinel(why) => write!(f, "sentinel value: {why}"),
             Implausible::NotFinite => f.write_str("not a finite number"),
-            Implausible::WentBackwards { from, to } => write!(f, "went backwards from {from} to {to}"),
+            Implausible::WentBackwards { from, to } => {
+                write!(f, "went backwards from {from} to {to}")
+            }
         }
     }
 }
@@ -153,19 +155,34 @@ mod tests {
         assert_eq!(plausibility(&r, Some(10.0)), Ok(()));
         assert_eq!(
             plausibility(&r, Some(10.5)),
-            Err(Implausible::WentBackwards { from: 10.5, to: 10.0 })
+            Err(Implausible::WentBackwards {
+                from: 10.5,
+                to: 10.0
+            })
         );
         assert_eq!(
             plausibility(&r, Some(10.5)).unwrap_err().to_string(),
             "went backwards from 10.5 to 10"
         );
         // Data points may go down.
-        assert_eq!(plausibility(&reading(Kind::DataPoint, 1.0), Some(5.0)), Ok(()));
+        assert_eq!(
+            plausibility(&reading(Kind::DataPoint, 1.0), Some(5.0)),
+            Ok(())
+        );
         // NaN is refused for both kinds.
-        assert_eq!(plausibility(&reading(Kind::DataPoint, f64::NAN), None), Err(Implausible::NotFinite));
-        assert_eq!(plausibility(&reading(Kind::Reading, f64::INFINITY), None), Err(Implausible::NotFinite));
+        assert_eq!(
+            plausibility(&reading(Kind::DataPoint, f64::NAN), None),
+            Err(Implausible::NotFinite)
+        );
+        assert_eq!(
+            plausibility(&reading(Kind::Reading, f64::INFINITY), None),
+            Err(Implausible::NotFinite)
+        );
         let mut s = reading(Kind::Reading, 1.0);
         s.invalid = Some("0xFFFFFFFF".into());
-        assert!(matches!(plausibility(&s, None), Err(Implausible::Sentinel(_))));
+        assert!(matches!(
+            plausibility(&s, None),
+            Err(Implausible::Sentinel(_))
+        ));
     }
 }

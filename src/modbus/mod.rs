@@ -61,7 +61,8 @@ pub enum DataType {
 }
 
 impl DataType {
-    pub const NAMES: &'static [&'static str] = &["u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64"];
+    pub const NAMES: &'static [&'static str] =
+        &["u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64"];
 
     pub fn parse(s: &str) -> Option<DataType> {
         Some(match s {
@@ -128,7 +129,12 @@ pub enum WordOrder {
 
 impl WordOrder {
     pub const NAMES: &'static [&'static str] = &["ABCD", "CDAB", "BADC", "DCBA"];
-    pub const ALL: [WordOrder; 4] = [WordOrder::Abcd, WordOrder::Cdab, WordOrder::Badc, WordOrder::Dcba];
+    pub const ALL: [WordOrder; 4] = [
+        WordOrder::Abcd,
+        WordOrder::Cdab,
+        WordOrder::Badc,
+        WordOrder::Dcba,
+    ];
 
     pub fn parse(s: &str) -> Option<WordOrder> {
         match s {

@@ -1,0 +1,75 @@
+//! The operator commands behind `main.rs`: each takes parsed arguments, prints to stdout and
+//! returns an [`Exit`] status. They call into the library and hold no logic of their own
+//! beyond presentation.
+
+pub mod check;
+pub mod dead;
+pub mod profiles;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError};
+
+/// Exit statuses (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    /// A runtime failure.
+    Failure = 1,
+    /// An invalid configuration or usage.
+    Invalid = 2,
+}
+
+/// Prints every problem of an invalid configuration to stderr.
+pub fn print_config_error(e: &ConfigError) {
+    for d in &e.diagnostics {
+        eprintln!("error: {d}");
+    }
+    eprintln!(
+        "{} problem{} found; nothing was started",
+        e.diagnostics.len(),
+        if e.diagnostics.len() == 1 { "" } else { "s" }
+    );
+}
+
+/// Loads the configuration or prints why not.
+pub fn load_config(path: &Path) -> Result<Config, Exit> {
+    Config::load(path).map_err(|e| {
+        print_config_error(&e);
+        Exit::Invalid
+    })
+}
+
+/// The queue file a tool works on: `--queue` if given, else the configuration's.
+pub fn queue_path(config: &Path, queue: Option<&Path>) -> Result<PathBuf, Exit> {
+    match queue {
+        Some(q) => Ok(q.to_path_buf()),
+        None => Ok(load_config(config)?.queue.path),
+    }
+}
+
+/// A compact age: `3s`, `14m`, `2h 5m`, `3d 4h`.
+pub fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(-5), "0s");
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(14 * 60 + 3), "14m");
+        assert_eq!(age(2 * 3600 + 5 * 60), "2h 5m");
+        assert_eq!(age(3 * 86_400 + 4 * 3600), "3d 4h");
+    }
+}

@@ -1,0 +1,222 @@
+//! The Enectiva import token: where it comes from and how it is kept out of sight.
+//!
+//! SPEC §3 order: `$CREDENTIALS_DIRECTORY/enectiva-token` (systemd `LoadCredential=`), then
+//! `api.token_file`, then `$ENECTIVA_TOKEN`. After a 401/403 the sender reads it again from the
+//! same place, so fixing a `token_file` takes effect without a restart. The token's text never
+//! leaves this module except into the `Authorization` header: [`Token`]'s `Debug` and `Display`
+//! are redacted, and no error message quotes it.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The systemd credential name (`LoadCredential=enectiva-token:…`).
+pub const CREDENTIAL_NAME: &str = "enectiva-token";
+/// The environment variable read last.
+pub const ENV_VAR: &str = "ENECTIVA_TOKEN";
+
+/// Where the token is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/enectiva-token`.
+    Credential(PathBuf),
+    /// `api.token_file`.
+    File(PathBuf),
+    /// `$ENECTIVA_TOKEN`.
+    Env,
+}
+
+/// The secret. Only [`Token::header_value`] reveals it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Builds a token from text (trimmed); refuses empty text or characters not allowed in an
+    /// HTTP header.
+    pub fn new(text: &str) -> Result<Token, TokenError> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        if t.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+            return Err(TokenError::BadCharacters);
+        }
+        Ok(Token(t.to_string()))
+    }
+
+    /// `Bearer <token>`, for the `Authorization` header only.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why no token could be read. Never contains the token's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "no API token: set up the systemd credential {CREDENTIAL_NAME}, api.token_file, or ${ENV_VAR}"
+    )]
+    NoSource,
+    #[error("cannot read the token from {what}: {error}")]
+    Unreadable { what: String, error: String },
+    #[error("the token is empty")]
+    Empty,
+    #[error("the token contains spaces or control characters")]
+    BadCharacters,
+}
+
+impl TokenSource {
+    /// The first source that exists, in SPEC order. `credentials_dir` is
+    /// `$CREDENTIALS_DIRECTORY` and `env_token_set` whether `$ENECTIVA_TOKEN` is set; both
+    /// are parameters so the rule can be tested without touching the process environment.
+    pub fn resolve_with(
+        credentials_dir: Option<&Path>,
+        token_file: Option<&Path>,
+        env_token_set: bool,
+    ) -> Option<TokenSource> {
+        if let Some(dir) = credentials_dir {
+            let p = dir.join(CREDENTIAL_NAME);
+            if p.exists() {
+                return Some(TokenSource::Credential(p));
+            }
+        }
+        if let Some(f) = token_file {
+            return Some(TokenSource::File(f.to_path_buf()));
+        }
+        env_token_set.then_some(TokenSource::Env)
+    }
+
+    /// [`TokenSource::resolve_with`] on the real environment.
+    pub fn resolve(token_file: Option<&Path>) -> Option<TokenSource> {
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let env_set = std::env::var_os(ENV_VAR).is_some_and(|v| !v.is_empty());
+        TokenSource::resolve_with(creds.as_deref(), token_file, env_set)
+    }
+
+    /// Reads the token now.
+    pub fn read(&self) -> Result<Token, TokenError> {
+        match self {
+            TokenSource::Credential(p) | TokenSource::File(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| TokenError::Unreadable {
+                    what: self.describe(),
+                    error: e.to_string(),
+                })?;
+                Token::new(&text)
+            }
+            TokenSource::Env => match std::env::var(ENV_VAR) {
+                Ok(v) => Token::new(&v),
+                Err(e) => Err(TokenError::Unreadable {
+                    what: self.describe(),
+                    error: e.to_string(),
+                }),
+            },
+        }
+    }
+
+    /// Where the token comes from, for messages (never the token).
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::Credential(p) => format!("systemd credential {}", p.display()),
+            TokenSource::File(p) => format!("token_file {}", p.display()),
+            TokenSource::Env => format!("${ENV_VAR}"),
+        }
+    }
+
+    /// A warning when a token file can be read by group or others.
+    pub fn permission_warning(&self) -> Option<String> {
+        let TokenSource::File(p) = self else {
+            return None;
+        };
+        let mode = std::fs::metadata(p).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "token_file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
+                p.display(),
+                mode & 0o777,
+                p.display()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_of_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "abc\n").expect("write");
+        // No credential file yet: token_file wins over the environment.
+        assert_eq!(
+            TokenSource::resolve_with(Some(dir.path()), Some(&file), true),
+            Some(TokenSource::File(file.clone()))
+        );
+        std::fs::write(dir.path().join(CREDENTIAL_NAME), "cred").expect("write");
+        assert_eq!(
+            TokenSource::resolve_with(Some(dir.path()), Some(&file), true),
+            Some(TokenSource::Credential(dir.path().join(CREDENTIAL_NAME)))
+        );
+        assert_eq!(
+            TokenSource::resolve_with(None, None, true),
+            Some(TokenSource::Env)
+        );
+        assert_eq!(TokenSource::resolve_with(None, None, false), None);
+    }
+
+    #[test]
+    fn file_is_reread_and_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "  first-token\n").expect("write");
+        let src = TokenSource::File(file.clone());
+        assert_eq!(
+            src.read().expect("read").header_value(),
+            "Bearer first-token"
+        );
+        std::fs::write(&file, "second\n").expect("write");
+        assert_eq!(src.read().expect("read").header_value(), "Bearer second");
+        std::fs::write(&file, "\n").expect("write");
+        assert_eq!(src.read(), Err(TokenError::Empty));
+        std::fs::write(&file, "has space").expect("write");
+        assert_eq!(src.read(), Err(TokenError::BadCharacters));
+        std::fs::remove_file(&file).expect("rm");
+        let err = src.read().expect_err("missing");
+        assert!(err.to_string().contains("token_file"), "{err}");
+    }
+
+    #[test]
+    fn never_printed() {
+        let t = Token::new("s3cr3t-value").expect("token");
+        assert!(!format!("{t:?} {t}").contains("s3cr3t"));
+        let err = Token::new("bad\u{7f}s3cr3t").expect_err("bad");
+        assert!(!err.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn group_readable_file_warns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "t").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let w = TokenSource::File(file.clone())
+            .permission_warning()
+            .expect("warning");
+        assert!(w.contains("chmod 600"), "{w}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(TokenSource::File(file).permission_warning(), None);
+    }
+}
