@@ -98,7 +98,6 @@ pub fn mbus_quantity(name: &str) -> Option<Option<&'static str>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

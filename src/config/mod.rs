@@ -149,6 +149,8 @@ pub struct Output {
 
 #[derive(Debug, Clone)]
 pub struct ModbusChannel {
+    /// `output.unit` is the channel's `unit`, else the profile quantity's unit; a `register`
+    /// channel has no known source unit, so its `unit` is sent as written.
     pub output: Output,
     pub register: RegisterSpec,
     /// The profile quantity it came from, if any.
@@ -222,6 +224,9 @@ pub struct MbusMeter {
 
 #[derive(Debug, Clone)]
 pub struct MbusChannel {
+    /// `output.unit` is the channel's `unit`, else the quantity's base unit (see
+    /// [`MBUS_QUANTITIES`]); `None` for a `record` channel without `unit` and for unitless
+    /// quantities, in which case the record's own (normalized) unit is sent.
     pub output: Output,
     pub selector: MbusSelector,
     /// Applied after the record's unit has been converted to `output.unit`.

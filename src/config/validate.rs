@@ -819,14 +819,22 @@ impl Validator<'_> {
             );
             return (Some(path), registry);
         }
-        if let Err(e) = registry.load_dir(&path) {
+        // Every broken profile file at once, like every other problem; the good ones still load
+        // so meters using them are checked too.
+        let (notes, errors) = registry.load_dir_all(&path);
+        for e in errors {
             self.errors.push(Diagnostic {
-                file: e.file.clone(),
+                file: e.file,
                 line: e.line,
                 column: e.column,
                 item: "profile".to_owned(),
-                message: e.message.clone(),
+                message: e.message,
             });
+        }
+        for note in notes {
+            // A user profile that replaces another is usually meant, but an accidental name
+            // clash would silently change register maps.
+            self.warn(Some(&dir.span()), "profiles_dir", note);
         }
         (Some(path), registry)
     }
@@ -1957,7 +1965,6 @@ fn one_of(key: &str, value: &str, names: &[&str]) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

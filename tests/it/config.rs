@@ -810,6 +810,24 @@ address = \"10.0.0.1:502\"
     // 1234 × 10 Wh = 12.34 kWh
     assert!((ch.transform.apply(1234.0) - 12.34).abs() < 1e-9);
 
+    // A user profile that replaces a built-in one is allowed, with a warning.
+    fs::copy(
+        repo().join("config/profiles/eastron-sdm120.toml"),
+        profiles.join("eastron-sdm120.toml"),
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{}", messages(&c.warnings));
+    assert!(
+        c.warnings[0].message.contains("eastron-sdm120"),
+        "{}",
+        c.warnings[0]
+    );
+    assert_eq!(
+        (c.warnings[0].line, c.warnings[0].column),
+        (Some(1), Some(16))
+    );
+
     // A broken user profile is reported with its own file and position.
     fs::write(
         profiles.join("broken.toml"),
@@ -856,4 +874,67 @@ fn mangled_example_never_panics() {
         let result = std::panic::catch_unwind(|| parse(case));
         assert!(result.is_ok(), "panicked on:\n{case}");
     }
+}
+
+#[test]
+fn api_variants() {
+    let text = format!(
+        "{API}base_url = \"http://127.0.0.1:8080/enectiva/\"
+id_field = \"meter_id\"
+sender = \"gw 7\"
+max_in_flight = 64
+max_backoff = \"1s\"
+[log]
+level = \"info,enectiva_collector=debug\"
+[clock]
+require_sync = true
+"
+    );
+    let c = parse_ok(&text);
+    assert_eq!(c.api.base_url, "http://127.0.0.1:8080/enectiva");
+    assert_eq!(c.api.id_field, IdField::MeterId);
+    assert_eq!(c.api.sender, "gw 7");
+    assert_eq!(c.api.max_in_flight, 64);
+    assert_eq!(c.api.max_backoff, Duration::from_secs(1));
+    assert_eq!(c.log.level, "info,enectiva_collector=debug");
+    assert!(c.clock.require_sync);
+    for url in ["http://localhost:1234", "http://[::1]:1234/"] {
+        parse_ok(&format!("{API}base_url = \"{url}\"\n"));
+    }
+}
+
+#[test]
+fn unit_ids_and_addresses_are_per_bus() {
+    let text = format!(
+        "{API}
+[[modbus_tcp]]
+name = \"a\"
+address = \"10.0.0.1:502\"
+  [[modbus_tcp.meter]]
+  name = \"a1\"
+  unit_id = 1
+[[modbus_tcp]]
+name = \"b\"
+address = \"10.0.0.2:502\"
+  [[modbus_tcp.meter]]
+  name = \"b1\"
+  unit_id = 1
+[[mbus]]
+name = \"c\"
+port = \"/dev/ttyTEST-c\"
+  [[mbus.meter]]
+  name = \"c1\"
+  address = 1
+[[mbus]]
+name = \"d\"
+port = \"/dev/ttyTEST-d\"
+  [[mbus.meter]]
+  name = \"d1\"
+  address = 1
+"
+    );
+    let c = parse_ok(&text);
+    assert_eq!((c.modbus_tcp.len(), c.mbus.len()), (2, 2));
+    // Meters without channels are never read: worth a warning each, not an error.
+    assert_eq!(c.warnings.len(), 4, "{}", messages(&c.warnings));
 }

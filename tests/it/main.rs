@@ -2,6 +2,4 @@
 //! library through its public API with files under `tests/data/`; they never touch the network
 //! beyond loopback and never depend on the order in which they run.
 
-#![allow(clippy::unwrap_used)]
-
 mod config;
