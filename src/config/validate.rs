@@ -377,7 +377,15 @@ fn from_raw(raw: RawConfig, text: &str, path: &Path, env: &Env) -> Result<Config
         .map(|(i, b)| v.mbus(b, i))
         .collect();
 
-    let by_position = |d: &Diagnostic| (d.line.unwrap_or(usize::MAX), d.column.unwrap_or(0));
+    // The config file's own problems in file order, then those of other files (profiles).
+    let file = path.to_path_buf();
+    let by_position = |d: &Diagnostic| {
+        (
+            d.file != file,
+            d.line.unwrap_or(usize::MAX),
+            d.column.unwrap_or(0),
+        )
+    };
     v.errors.sort_by_key(by_position);
     v.warnings.sort_by_key(by_position);
     if !v.errors.is_empty() {
@@ -1967,6 +1975,21 @@ fn one_of(key: &str, value: &str, names: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_defaults_come_from_env() {
+        let env = Env {
+            state_directory: Some("/var/lib/ec:/var/lib/other".into()),
+            hostname: Some("box-7\n".into()),
+        };
+        let text = "[api]\ncustomer_id = \"0c7f1e2a-3b4c-4d5e-8f90-a1b2c3d4e5f6\"\n";
+        let c = parse_with_env(text, Path::new("c.toml"), &env).unwrap();
+        assert_eq!(c.queue.path, Path::new("/var/lib/ec/queue.db"));
+        assert_eq!(c.api.sender, "box-7");
+        let c = parse_with_env(text, Path::new("c.toml"), &Env::default()).unwrap();
+        assert_eq!(c.queue.path, Path::new("./queue.db"));
+        assert_eq!(c.api.sender, FALLBACK_SENDER);
+    }
 
     #[test]
     fn durations() {
