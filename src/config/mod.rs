@@ -6,6 +6,7 @@
 //! problem at once, each with file, line and column kept through `toml::Spanned`. This module
 //! never opens serial ports or sockets and never reads the API token.
 
+mod mbus_quantities;
 mod raw;
 mod validate;
 
@@ -18,7 +19,11 @@ use crate::profile::Registry;
 use crate::reading::Series;
 use crate::units::Transform;
 
-pub use validate::parse_duration;
+pub use mbus_quantities::{MBUS_QUANTITIES, mbus_quantity};
+pub use validate::{
+    DEFAULT_BASE_URL, FALLBACK_SENDER, default_queue_path, default_sender, parse_duration,
+    parse_secondary_address,
+};
 
 /// Default config path when neither `-c` nor `$ENECTIVA_COLLECTOR_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/enectiva-collector/config.toml";
@@ -144,6 +149,8 @@ pub struct Output {
 
 #[derive(Debug, Clone)]
 pub struct ModbusChannel {
+    /// `output.unit` is the channel's `unit`, else the profile quantity's unit; a `register`
+    /// channel has no known source unit, so its `unit` is sent as written.
     pub output: Output,
     pub register: RegisterSpec,
     /// The profile quantity it came from, if any.
@@ -217,6 +224,9 @@ pub struct MbusMeter {
 
 #[derive(Debug, Clone)]
 pub struct MbusChannel {
+    /// `output.unit` is the channel's `unit`, else the quantity's base unit (see
+    /// [`MBUS_QUANTITIES`]); `None` for a `record` channel without `unit` and for unitless
+    /// quantities, in which case the record's own (normalized) unit is sent.
     pub output: Output,
     pub selector: MbusSelector,
     /// Applied after the record's unit has been converted to `output.unit`.

@@ -1,4 +1,5 @@
 //! The integration tests: one test binary, one module per area, all on loopback, real SQLite
 //! files in temporary directories and pseudo-terminals for serial lines.
 
+mod config;
 mod sender;
