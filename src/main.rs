@@ -10,7 +10,11 @@ use enectiva_collector::commands::{self, Exit};
 use enectiva_collector::config::DEFAULT_PATH;
 
 #[derive(Debug, Parser)]
-#[command(name = "enectiva-collector", version, about = "Reads energy meters and delivers their readings to Enectiva")]
+#[command(
+    name = "enectiva-collector",
+    version,
+    about = "Reads energy meters and delivers their readings to Enectiva"
+)]
 struct Cli {
     /// Configuration file
     #[arg(short, long, global = true, env = "ENECTIVA_COLLECTOR_CONFIG", default_value = DEFAULT_PATH)]
@@ -87,26 +91,35 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let exit = match cli.command {
-        Command::Check { online } => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Command::Check { online } => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt.block_on(commands::check::run(&cli.config, online)),
             Err(e) => {
                 eprintln!("error: cannot start the runtime: {e}");
                 Exit::Failure
             }
         },
-        Command::Status { json, queue } => match commands::queue_path(&cli.config, queue.as_deref()) {
-            Ok(q) => commands::status::run(&q, json),
-            Err(e) => e,
-        },
-        Command::Dead { action, queue } => match commands::queue_path(&cli.config, queue.as_deref()) {
-            Ok(q) => match action {
-                DeadAction::List { json } => commands::dead::list(&q, json),
-                DeadAction::Retry { all, ids } => commands::dead::retry(&q, all, &ids),
-                DeadAction::Purge { all, ids } => commands::dead::purge(&q, all, &ids),
-            },
-            Err(e) => e,
-        },
-        Command::Profiles { name, toml } => commands::profiles::run(&cli.config, name.as_deref(), toml),
+        Command::Status { json, queue } => {
+            match commands::queue_path(&cli.config, queue.as_deref()) {
+                Ok(q) => commands::status::run(&q, json),
+                Err(e) => e,
+            }
+        }
+        Command::Dead { action, queue } => {
+            match commands::queue_path(&cli.config, queue.as_deref()) {
+                Ok(q) => match action {
+                    DeadAction::List { json } => commands::dead::list(&q, json),
+                    DeadAction::Retry { all, ids } => commands::dead::retry(&q, all, &ids),
+                    DeadAction::Purge { all, ids } => commands::dead::purge(&q, all, &ids),
+                },
+                Err(e) => e,
+            }
+        }
+        Command::Profiles { name, toml } => {
+            commands::profiles::run(&cli.config, name.as_deref(), toml)
+        }
     };
     ExitCode::from(exit as u8)
 }

@@ -36,7 +36,10 @@ fn modbus_meter(out: &mut String, m: &ModbusMeter, unit_word: &str) {
         dur(m.interval),
         dur(m.timeout),
         dur(m.delay),
-        m.profile.as_deref().map(|p| format!(", profile {p}")).unwrap_or_default()
+        m.profile
+            .as_deref()
+            .map(|p| format!(", profile {p}"))
+            .unwrap_or_default()
     );
     let specs: Vec<_> = m.channels.iter().map(|c| c.register).collect();
     let p = plan(&specs, m.max_registers, m.max_gap);
@@ -155,10 +158,18 @@ pub fn describe(c: &Config) -> String {
                 MbusAddress::Secondary(s) => format!(
                     "secondary address {}{}",
                     s.id,
-                    s.manufacturer.as_deref().map(|x| format!(" {x}")).unwrap_or_default()
+                    s.manufacturer
+                        .as_deref()
+                        .map(|x| format!(" {x}"))
+                        .unwrap_or_default()
                 ),
             };
-            let _ = writeln!(out, "  meter \"{}\": {addr}, every {}", m.name, dur(m.interval));
+            let _ = writeln!(
+                out,
+                "  meter \"{}\": {addr}, every {}",
+                m.name,
+                dur(m.interval)
+            );
             for ch in &m.channels {
                 let sel = match &ch.selector {
                     MbusSelector::Quantity {
@@ -225,7 +236,9 @@ async fn check_online(c: &Config) -> Exit {
                 value.as_deref().unwrap_or("?"),
                 time.as_deref().unwrap_or("?")
             ),
-            Ok(Latest::NotFound) => "ok, nothing stored yet (or an import id Enectiva does not know)".to_string(),
+            Ok(Latest::NotFound) => {
+                "ok, nothing stored yet (or an import id Enectiva does not know)".to_string()
+            }
             Ok(Latest::Refused { status, detail }) => {
                 failed += 1;
                 let hint = match status {

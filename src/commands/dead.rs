@@ -8,7 +8,12 @@ use crate::sender::payload::format_time;
 
 fn print_rows(rows: &[DeadRow]) {
     for d in rows {
-        let suit = d.series.suit.as_deref().map(|x| format!("/{x}")).unwrap_or_default();
+        let suit = d
+            .series
+            .suit
+            .as_deref()
+            .map(|x| format!("/{x}"))
+            .unwrap_or_default();
         let value = d.value.map_or_else(|| "NaN".to_string(), |v| v.to_string());
         println!(
             "{:>6}  {} {}{suit}  {}  {} {}  — {}",
@@ -57,7 +62,10 @@ pub fn list(queue_path: &Path, json: bool) -> Exit {
         println!("no dead letters");
     } else {
         print_rows(&rows);
-        println!("{} dead letter(s); `dead retry ID…` requeues, `dead purge ID…` deletes", rows.len());
+        println!(
+            "{} dead letter(s); `dead retry ID…` requeues, `dead purge ID…` deletes",
+            rows.len()
+        );
     }
     Exit::Ok
 }
@@ -81,7 +89,10 @@ pub fn retry(queue_path: &Path, all: bool, ids: &[i64]) -> Exit {
     match queue::dead_retry(queue_path, &sel) {
         Ok((rows, missing)) => {
             print_rows(&rows);
-            println!("{} reading(s) requeued; the service sends them in this order", rows.len());
+            println!(
+                "{} reading(s) requeued; the service sends them in this order",
+                rows.len()
+            );
             report_missing(&missing)
         }
         Err(e) => {

@@ -20,7 +20,10 @@ pub fn run(config: &Path, name: Option<&str>, toml: bool) -> Exit {
     let reg = registry(config);
     match name {
         None => {
-            println!("{:<24} {:<9} {:<8} description", "profile", "origin", "verified");
+            println!(
+                "{:<24} {:<9} {:<8} description",
+                "profile", "origin", "verified"
+            );
             for p in reg.iter() {
                 println!(
                     "{:<24} {:<9} {:<8} {}",
@@ -43,7 +46,10 @@ pub fn run(config: &Path, name: Option<&str>, toml: bool) -> Exit {
                 Exit::Ok
             }
             None => {
-                eprintln!("error: no profile named \"{n}\"; known: {}", reg.names().join(", "));
+                eprintln!(
+                    "error: no profile named \"{n}\"; known: {}",
+                    reg.names().join(", ")
+                );
                 Exit::Invalid
             }
         },

@@ -64,7 +64,10 @@ pub fn run(queue_path: &Path, json: bool) -> Exit {
         );
     }
     if c("retried") > 0 {
-        println!("  retried       {} dead letters requeued by an operator", c("retried"));
+        println!(
+            "  retried       {} dead letters requeued by an operator",
+            c("retried")
+        );
     }
     match state("last_delivery").and_then(|v| v.parse::<i64>().ok()) {
         Some(t) => println!("  last delivery {} ago ({})", age(now - t), format_time(t)),
@@ -83,7 +86,11 @@ pub fn run(queue_path: &Path, json: bool) -> Exit {
     if !st.series.is_empty() {
         println!("series with pending readings:");
         for s in &st.series {
-            let suit = s.suit.as_deref().map(|x| format!("/{x}")).unwrap_or_default();
+            let suit = s
+                .suit
+                .as_deref()
+                .map(|x| format!("/{x}"))
+                .unwrap_or_default();
             println!(
                 "  {:<10} {}{suit}: {} pending, oldest {} ago",
                 s.kind,
@@ -106,7 +113,12 @@ pub fn run(queue_path: &Path, json: bool) -> Exit {
                     m.error.as_deref().unwrap_or("?")
                 )
             };
-            println!("  {}/{}: {} ago, {result}", m.bus, m.meter, age(now - m.time));
+            println!(
+                "  {}/{}: {} ago, {result}",
+                m.bus,
+                m.meter,
+                age(now - m.time)
+            );
         }
     }
     Exit::Ok

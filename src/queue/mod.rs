@@ -438,6 +438,8 @@ struct Batch {
     meters: HashMap<String, MeterPoll>,
     state: BTreeMap<String, String>,
     flush_waiters: Vec<oneshot::Sender<Result<(), QueueError>>>,
+    /// When the first pending flush request arrived.
+    flush_requested: Option<Instant>,
     /// When the first write that needs a prompt transaction arrived.
     first_write: Option<Instant>,
     /// When the first status-only update arrived.
@@ -539,11 +541,13 @@ impl Writer {
     /// When the pending batch must be committed, if anything is pending.
     fn deadline(&self) -> Option<Instant> {
         let window = self.opts.commit_window;
+        // Every candidate is a fixed instant: a deadline computed from `Instant::now()` here
+        // would always lie a little in the future and never come due.
         let retry = if self.disk_full_since.is_some() || !self.held.is_empty() {
             // Retry a full disk about once a second, not every window.
             Some(
                 self.last_flush
-                    .map_or_else(Instant::now, |t| t + Duration::from_secs(1)),
+                    .map_or(self.last_maintenance, |t| t + Duration::from_secs(1)),
             )
         } else {
             None
@@ -554,12 +558,7 @@ impl Writer {
             None => first,
         });
         let state = self.batch.first_state.map(|t| t + self.opts.state_interval);
-        let flush_now = if self.batch.flush_waiters.is_empty() {
-            None
-        } else {
-            Some(Instant::now())
-        };
-        [retry, writes, state, flush_now]
+        [retry, writes, state, self.batch.flush_requested]
             .into_iter()
             .flatten()
             .min()
@@ -646,6 +645,7 @@ impl Writer {
             }
             Cmd::Flush { reply } => {
                 self.batch.flush_waiters.push(reply);
+                self.batch.flush_requested.get_or_insert(now);
             }
             Cmd::Close { .. } => {}
             Cmd::MaxPageCount(pages) => {
@@ -955,6 +955,7 @@ impl Writer {
         for w in self.batch.flush_waiters.drain(..) {
             let _ = w.send(Ok(()));
         }
+        self.batch.flush_requested = None;
         self.batch.first_write = None;
         self.last_flush = Some(Instant::now());
         if self.disk_full_since.is_none() {

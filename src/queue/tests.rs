@@ -97,6 +97,25 @@ async fn commit_fetch_deliver_in_order() {
 }
 
 #[tokio::test]
+async fn flush_and_stats_answer_when_nothing_is_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (q, _) = Queue::open(QueueOptions {
+        // A long window must not delay an explicit flush.
+        commit_window: Duration::from_secs(60),
+        ..opts(&dir)
+    })
+    .expect("open");
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), q.flush())
+            .await
+            .expect("flush answered")
+            .expect("flush");
+        assert_eq!(q.stats().await.expect("stats").pending, 0);
+    }
+    q.close().await.expect("close");
+}
+
+#[tokio::test]
 async fn identity_unit_and_value_survive_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (q, _) = Queue::open(opts(&dir)).expect("open");
@@ -558,7 +577,7 @@ async fn damaged_queue_keeps_its_readable_rows() {
         "salvaged {}",
         aside.salvaged
     );
-    assert_eq!(aside.salvaged as u64 + aside.lost.unwrap_or(0), 2999);
+    assert_eq!(aside.salvaged + aside.lost.unwrap_or(0), 2999);
     assert_eq!(report.pending, aside.salvaged);
     let rows = drain_all(&q).await;
     assert_eq!(rows.len() as u64, aside.salvaged);

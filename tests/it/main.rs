@@ -1,5 +1,7 @@
 //! The integration tests: one test binary, one module per area, all on loopback, real SQLite
 //! files in temporary directories and pseudo-terminals for serial lines.
 
+mod cli;
 mod config;
+mod crash;
 mod sender;

@@ -113,7 +113,12 @@ fn interleaved(series: &[&str], n: usize) -> Vec<Reading> {
     let mut out = Vec::new();
     for i in 0..n {
         for s in series {
-            out.push(reading(Kind::Reading, s, 1_795_000_000 + 60 * i as i64, 1000.0 + i as f64 * 0.5));
+            out.push(reading(
+                Kind::Reading,
+                s,
+                1_795_000_000 + 60 * i as i64,
+                1000.0 + i as f64 * 0.5,
+            ));
         }
     }
     out
@@ -143,17 +148,31 @@ async fn delivers_in_order_per_series_exactly_once() {
     data_point.unit = Some("kW".into());
     data_point.series.suit = Some("test".into());
     rig.commit(vec![data_point]).await;
-    assert!(rig.api.wait_accepted(121, LONG).await, "accepted {}", rig.api.accepted_count());
+    assert!(
+        rig.api.wait_accepted(121, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
     let acc = rig.api.accepted();
     assert_in_order(&acc, &series, 40);
     // Exactly once: no request beyond the readings.
     assert_eq!(rig.api.attempts().len(), 121);
-    let dp = acc.iter().find(|a| a.import_id == "TEMP").expect("data point");
-    assert_eq!((dp.kind, dp.raw_value.as_str(), dp.suit.as_deref()), ("data_point", "0.2301", Some("test")));
+    let dp = acc
+        .iter()
+        .find(|a| a.import_id == "TEMP")
+        .expect("data point");
+    assert_eq!(
+        (dp.kind, dp.raw_value.as_str(), dp.suit.as_deref()),
+        ("data_point", "0.2301", Some("test"))
+    );
     assert_eq!(dp.sender.as_deref(), Some("gateway-test"));
     assert_eq!(acc[0].time, "2026-11-18T11:06:40Z");
     // Keep-alive: far fewer connections than requests.
-    assert!(rig.api.connections() <= 4, "{} connections", rig.api.connections());
+    assert!(
+        rig.api.connections() <= 4,
+        "{} connections",
+        rig.api.connections()
+    );
     let stats = rig.drained().await;
     assert_eq!(stats.pending, 0);
     assert_eq!(stats.counters.get("delivered"), Some(&121));
@@ -171,8 +190,14 @@ async fn outage_503_then_refused_accumulates_then_drains_in_order() {
     assert!(rig.api.wait_attempts(12, LONG).await);
     // 503 pauses every series with a growing, jittered backoff (cap 1 s here).
     let attempts = rig.api.attempts();
-    let gaps: Vec<f64> = attempts[..12].windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64()).collect();
-    assert!(gaps.iter().all(|g| *g <= 1.0 + 0.3), "gaps above the cap: {gaps:?}");
+    let gaps: Vec<f64> = attempts[..12]
+        .windows(2)
+        .map(|w| (w[1].at - w[0].at).as_secs_f64())
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g <= 1.0 + 0.3),
+        "gaps above the cap: {gaps:?}"
+    );
     let mean = gaps[3..].iter().sum::<f64>() / gaps[3..].len() as f64;
     assert!(mean > 0.15, "no backoff: {gaps:?}");
     // Then the API disappears (connection refused) while readings keep coming.
@@ -181,7 +206,11 @@ async fn outage_503_then_refused_accumulates_then_drains_in_order() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     rig.commit(all[40..].to_vec()).await;
     rig.api.set_mode(Mode::Normal).await.expect("up");
-    assert!(rig.api.wait_accepted(60, LONG).await, "accepted {}", rig.api.accepted_count());
+    assert!(
+        rig.api.wait_accepted(60, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
     assert_in_order(&rig.api.accepted(), &series, 30);
     let stats = rig.drained().await;
     assert_eq!(stats.counters.get("dead_lettered"), None);
@@ -195,7 +224,10 @@ async fn retry_after_pauses_everything() {
     rig.commit(interleaved(&["A", "B"], 5)).await;
     assert!(rig.api.wait_accepted(10, LONG).await);
     let attempts = rig.api.attempts();
-    let first = attempts.iter().position(|a| a.status == Some(429)).expect("429");
+    let first = attempts
+        .iter()
+        .position(|a| a.status == Some(429))
+        .expect("429");
     let t429 = attempts[first].at;
     // A request already in flight when the 429 was answered may land just after it; after
     // that nothing comes for 3 s.
@@ -224,7 +256,10 @@ async fn duplicate_counts_as_delivered_and_rejection_is_dead_lettered() {
     let stats = rig.drained().await;
     assert_eq!(stats.pending, 0);
     let c = |k: &str| stats.counters.get(k).copied().unwrap_or(0);
-    assert_eq!((c("delivered"), c("duplicates"), c("dead_lettered")), (5, 1, 1));
+    assert_eq!(
+        (c("delivered"), c("duplicates"), c("dead_lettered")),
+        (5, 1, 1)
+    );
     let path = rig.queue_path();
     let dead = queue::dead_list(&path).expect("dead");
     assert_eq!(dead.len(), 1);
@@ -244,7 +279,12 @@ async fn unauthorized_drops_nothing_and_resumes_when_the_token_file_is_fixed() {
     assert!(rig.api.wait_attempts(3, LONG).await);
     assert_eq!(rig.api.accepted_count(), 0);
     // (A request still being answered shows no status yet.)
-    assert!(rig.api.attempts().iter().all(|a| matches!(a.status, Some(401) | None)));
+    assert!(
+        rig.api
+            .attempts()
+            .iter()
+            .all(|a| matches!(a.status, Some(401) | None))
+    );
     // While paused, retries come about every auth_retry (300 ms), not in a tight loop.
     let before = rig.api.attempts().len();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -253,7 +293,11 @@ async fn unauthorized_drops_nothing_and_resumes_when_the_token_file_is_fixed() {
     std::fs::write(&rig.token_file, format!("{TOKEN}\n")).expect("fix token");
     assert!(rig.api.wait_accepted(10, LONG).await);
     assert_in_order(&rig.api.accepted(), &["A", "B"], 5);
-    assert!(queue::dead_list(&rig.queue_path()).expect("dead").is_empty());
+    assert!(
+        queue::dead_list(&rig.queue_path())
+            .expect("dead")
+            .is_empty()
+    );
     rig.stop().await;
 }
 
@@ -281,16 +325,24 @@ async fn identical_rejections_across_two_series_trip_the_breaker() {
     rig.queue.flush().await.expect("flush");
     let dead = queue::dead_list(&rig.queue_path()).expect("dead");
     assert!((4..=5).contains(&dead.len()), "{} dead letters", dead.len());
-    let series: std::collections::BTreeSet<_> = dead.iter().map(|d| d.series.import_id.clone()).collect();
+    let series: std::collections::BTreeSet<_> =
+        dead.iter().map(|d| d.series.import_id.clone()).collect();
     assert!(series.len() <= 2);
     let dead_before = dead.len();
     tokio::time::sleep(Duration::from_millis(700)).await;
     rig.queue.flush().await.expect("flush");
-    assert_eq!(queue::dead_list(&rig.queue_path()).expect("dead").len(), dead_before);
+    assert_eq!(
+        queue::dead_list(&rig.queue_path()).expect("dead").len(),
+        dead_before
+    );
     // The API accepts again: everything kept is delivered.
     rig.api.clear_rejection("A");
     rig.api.clear_rejection("B");
-    assert!(rig.api.wait_accepted(20 - dead_before, LONG).await, "accepted {}", rig.api.accepted_count());
+    assert!(
+        rig.api.wait_accepted(20 - dead_before, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
     let stats = rig.drained().await;
     assert_eq!(stats.pending, 0);
     rig.stop().await;
@@ -337,7 +389,11 @@ async fn meter_id_field_and_restart_resumes_from_the_queue() {
         rescan: Duration::from_millis(200),
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(Sender::new(s, q.clone()).expect("sender").run(shutdown.clone()));
+    let task = tokio::spawn(
+        Sender::new(s, q.clone())
+            .expect("sender")
+            .run(shutdown.clone()),
+    );
     assert!(api.wait_accepted(3, LONG).await);
     assert!(api.accepted().iter().all(|a| a.id_field == "meter_id"));
     let started = Instant::now();

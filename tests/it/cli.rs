@@ -1,0 +1,229 @@
+//! The command line through the real binary: exit statuses, messages, `status --json`,
+//! `dead` and `profiles`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use enectiva_collector::queue::{Queue, QueueOptions};
+use enectiva_collector::reading::{Kind, Reading, Series};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_enectiva-collector")
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("ENECTIVA_COLLECTOR_CONFIG")
+        .env_remove("ENECTIVA_TOKEN")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run the binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn every_bad_config_makes_check_exit_2_naming_the_place() {
+    let dir = repo().join("tests/data/config/bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("bad configs")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "only {} bad configs", files.len());
+    for f in &files {
+        let first = std::fs::read_to_string(f).expect("read");
+        let expect = first
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .expect("expect line");
+        let (message, place) = expect.rsplit_once(" @ ").expect("@");
+        let out = run(&["-c", f.to_str().expect("utf8"), "check"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", f.display());
+        assert!(
+            err.contains(message),
+            "{}: stderr lacks `{message}`:\n{err}",
+            f.display()
+        );
+        let name = f.file_name().and_then(|n| n.to_str()).expect("name");
+        if place.contains(':') && place.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            assert!(
+                err.contains(&format!("{name}:{place}")),
+                "{}: stderr lacks `{name}:{place}`:\n{err}",
+                f.display()
+            );
+        } else {
+            assert!(
+                err.contains(place),
+                "{}: stderr lacks `{place}`:\n{err}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn example_config_passes_check() {
+    let out = run(&[
+        "-c",
+        repo().join("config/example.toml").to_str().expect("utf8"),
+        "check",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("is valid"));
+    assert!(stdout.contains("request(s) per poll"));
+}
+
+#[test]
+fn missing_config_file_is_exit_2_with_its_path() {
+    let out = run(&["-c", "/nonexistent/enectiva.toml", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/enectiva.toml"));
+}
+
+#[test]
+fn usage_errors_are_exit_2() {
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(run(&["dead", "retry", "--all", "3"]).status.code(), Some(2));
+}
+
+#[test]
+fn profiles_lists_and_prints() {
+    let out = run(&["-c", "/nonexistent.toml", "profiles"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = text(&out.stdout);
+    for name in [
+        "eastron-sdm630",
+        "eastron-sdm120",
+        "eastron-sdm72",
+        "abb-b23",
+        "carlo-gavazzi-em24",
+        "carlo-gavazzi-em340",
+        "janitza-umg96rm",
+        "schneider-iem3000",
+        "finder-7m",
+        "socomec-countis-e",
+    ] {
+        assert!(s.contains(name), "{name} missing from:\n{s}");
+    }
+    let out = run(&["-c", "/nonexistent.toml", "profiles", "eastron-sdm630"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("import_energy_total"));
+    let out = run(&[
+        "-c",
+        "/nonexistent.toml",
+        "profiles",
+        "eastron-sdm630",
+        "--toml",
+    ]);
+    assert!(text(&out.stdout).contains("[quantities]"));
+    let out = run(&["-c", "/nonexistent.toml", "profiles", "no-such-meter"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn reading(kind: Kind, id: &str, time: i64, value: f64) -> Reading {
+    Reading {
+        series: Series::new(kind, id, None),
+        time,
+        value,
+        unit: Some("kWh".into()),
+        clock_synced: true,
+        invalid: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_show_exact_counts_in_status_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("queue.db");
+    let (q, _) = Queue::open(QueueOptions {
+        max_readings: 5,
+        commit_window: Duration::from_millis(10),
+        ..QueueOptions::new(&path)
+    })
+    .expect("queue");
+    let mut batch = Vec::new();
+    for i in 0..4 {
+        batch.push(reading(Kind::DataPoint, "P", i, i as f64));
+        batch.push(reading(Kind::Reading, "R", i, i as f64));
+    }
+    q.commit(batch).await.expect("commit");
+    // One counter going backwards, kept as a dead letter.
+    q.commit(vec![reading(Kind::Reading, "R", 10, 1.0)])
+        .await
+        .expect("commit");
+    q.close().await.expect("close");
+    let out = run(&["status", "--json", "--queue", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["pending"], 5);
+    assert_eq!(v["counters"]["enqueued"], 9);
+    assert_eq!(v["counters"]["dropped"], 3);
+    assert_eq!(v["counters"]["dead_lettered"], 1);
+    assert_eq!(v["dead_letters"], 1);
+    // The three oldest data points went; the newest one and every reading stay.
+    let series = v["series"].as_array().expect("series");
+    let pending = |id: &str| {
+        series
+            .iter()
+            .find(|s| s["import_id"] == id)
+            .map(|s| s["pending"].clone())
+    };
+    assert_eq!(pending("P"), Some(serde_json::json!(1)));
+    assert_eq!(pending("R"), Some(serde_json::json!(4)));
+    // Human form too.
+    let out = run(&["status", "--queue", path.to_str().expect("utf8")]);
+    assert!(
+        text(&out.stdout).contains("dropped 3"),
+        "{}",
+        text(&out.stdout)
+    );
+    // dead list / retry / purge
+    let out = run(&["dead", "list", "--queue", path.to_str().expect("utf8")]);
+    let listed = text(&out.stdout);
+    assert!(listed.contains("went backwards from 3 to 1"), "{listed}");
+    let id = listed.split_whitespace().next().expect("id").to_string();
+    let out = run(&[
+        "dead",
+        "retry",
+        &id,
+        "--queue",
+        path.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&[
+        "dead",
+        "purge",
+        "12345",
+        "--queue",
+        path.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("12345"));
+    let out = run(&["status", "--json", "--queue", path.to_str().expect("utf8")]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["pending"].clone(), v["dead_letters"].clone()),
+        (serde_json::json!(6), serde_json::json!(0))
+    );
+}
+
+#[test]
+fn status_without_a_queue_says_so() {
+    let out = run(&["status", "--queue", "/nonexistent/queue.db"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no queue file"));
+}
