@@ -13,7 +13,7 @@ use crate::modbus::plan::plan;
 use crate::sender::{self, Latest, SenderSettings};
 
 fn dur(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    super::duration(d)
 }
 
 fn output(o: &Output) -> String {

@@ -49,6 +49,26 @@ pub fn queue_path(config: &Path, queue: Option<&Path>) -> Result<PathBuf, Exit> 
     }
 }
 
+/// A duration as the configuration writes it: `500ms`, `30s`, `15m`, `1h 30m`, `90d`.
+pub fn duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let mut s = d.as_secs();
+    let mut parts = Vec::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if s >= size {
+            parts.push(format!("{}{unit}", s / size));
+            s %= size;
+        }
+    }
+    parts.join(" ")
+}
+
 /// A compact age: `3s`, `14m`, `2h 5m`, `3d 4h`.
 pub fn age(secs: i64) -> String {
     let s = secs.max(0);
@@ -62,7 +82,17 @@ pub fn age(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::age;
+    use super::{age, duration};
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(duration(Duration::from_secs(90 * 86_400)), "90d");
+        assert_eq!(duration(Duration::from_secs(5400)), "1h 30m");
+        assert_eq!(duration(Duration::from_secs(60)), "1m");
+    }
 
     #[test]
     fn ages() {

@@ -87,7 +87,7 @@ pub fn http_client(s: &SenderSettings) -> Result<reqwest::Client, SenderError> {
         .timeout(s.timeout)
         .connect_timeout(s.timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(50))
-        .pool_max_idle_per_host(s.max_in_flight.max(1))
+        .pool_max_idle_per_host(s.max_in_flight.max(1) + 2)
         .tcp_keepalive(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = &s.ca_file {
