@@ -227,3 +227,104 @@ fn status_without_a_queue_says_so() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no queue file"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_asks_latest_for_every_series() {
+    use enectiva_collector::config::IdField;
+    use enectiva_collector::sender::{Sender, SenderSettings};
+    use enectiva_collector::sim::api::StandIn;
+    use enectiva_collector::token::TokenSource;
+
+    const CUSTOMER: &str = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11";
+    let api = StandIn::start(CUSTOMER, "online-token")
+        .await
+        .expect("stand-in");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[api]
+base_url = "{}"
+customer_id = "{CUSTOMER}"
+
+[[modbus_tcp]]
+name = "tcp"
+address = "127.0.0.1:1502"
+  [[modbus_tcp.meter]]
+  name = "m1"
+  unit_id = 1
+  channels = [
+    {{ register = 0, type = "f32", import_id = "SENT_BEFORE", unit = "kWh" }},
+    {{ register = 2, type = "f32", import_id = "NEVER_SENT", unit = "kWh", kind = "data_point" }},
+  ]
+"#,
+            api.base_url()
+        ),
+    )
+    .expect("config");
+    // One reading stored in the stand-in through the real sender.
+    std::fs::write(dir.path().join("token"), "online-token").expect("token");
+    let (q, _) = Queue::open(QueueOptions::new(dir.path().join("queue.db"))).expect("queue");
+    q.commit(vec![reading(
+        Kind::Reading,
+        "SENT_BEFORE",
+        1_795_000_000,
+        42.5,
+    )])
+    .await
+    .expect("commit");
+    let s = SenderSettings {
+        base_url: api.base_url(),
+        customer_id: CUSTOMER.into(),
+        sender: "t".into(),
+        id_field: IdField::ImportId,
+        timeout: Duration::from_secs(5),
+        max_in_flight: 1,
+        max_backoff: Duration::from_secs(1),
+        ca_file: None,
+        token: Some(TokenSource::File(dir.path().join("token"))),
+        auth_retry: Duration::from_millis(300),
+        error_log_every: Duration::from_secs(600),
+        rescan: Duration::from_millis(200),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(Sender::new(s, q.clone()).expect("sender").run(stop.clone()));
+    assert!(api.wait_accepted(1, Duration::from_secs(30)).await);
+    stop.cancel();
+    task.await.expect("join").expect("sender");
+    q.close().await.expect("close");
+
+    let cfg = config.to_str().expect("utf8").to_string();
+    let run_with = |token: &'static str| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin())
+                .args(["-c", &cfg, "check", "--online"])
+                .env_remove("CREDENTIALS_DIRECTORY")
+                .env("ENECTIVA_TOKEN", token)
+                .output()
+                .expect("run")
+        })
+    };
+    let out = run_with("online-token").await.expect("join");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("SENT_BEFORE [kWh]: ok, latest 42.5 at 2026-11-18T11:06:40Z"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("NEVER_SENT [kWh]: ok, nothing stored yet"),
+        "{stdout}"
+    );
+    let out = run_with("wrong-token").await.expect("join");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("FAILED: 401") && stdout.contains("check the token"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("wrong-token") && !text(&out.stderr).contains("wrong-token"));
+}

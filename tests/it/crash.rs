@@ -89,7 +89,16 @@ fn child() {
                 })
                 .collect();
             let _ = writeln!(out, "generating {first} {}", first + 4);
-            let rep = q.commit(batch).await.expect("commit");
+            let rep = match q.commit(batch).await {
+                Ok(rep) => rep,
+                Err(e) => {
+                    // What the daemon does with a fatal queue error: say so and exit 1.
+                    let watched = q.fatal().borrow().is_some();
+                    let _ = writeln!(out, "fatal watched={watched} {e}");
+                    let _ = out.flush();
+                    std::process::exit(1);
+                }
+            };
             assert_eq!(rep.committed, 5);
             let _ = writeln!(out, "committed {first} {}", first + 4);
             let _ = out.flush();
@@ -252,5 +261,94 @@ fn committed_readings_survive_sigkill() {
         delivered.len(),
         duplicates,
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// An I/O error on commit (every fsync fails from the 30th on, injected with strace): the
+/// queue reports it as fatal instead of carrying on, nothing committed before is lost, and the
+/// file is intact for the restart.
+#[test]
+fn io_error_on_commit_is_fatal_and_loses_nothing() {
+    if std::env::var_os("CRASH_CHILD").is_some() {
+        return;
+    }
+    let have_strace = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_strace {
+        assert!(
+            std::env::var_os("ENECTIVA_REQUIRE_STRACE").is_none(),
+            "strace is required here (apt-get install strace)"
+        );
+        eprintln!("skipped: strace is not installed (CI installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let exe = std::env::current_exe().expect("exe");
+    let out = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fsync,fdatasync",
+            "-e",
+            "inject=fsync,fdatasync:error=EIO:when=30+",
+        ])
+        .arg(exe)
+        .args([
+            "--exact",
+            "crash::committed_readings_survive_sigkill",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CRASH_CHILD", "1")
+        .env("CRASH_DIR", dir.path())
+        .env("CRASH_URL", "http://127.0.0.1:9")
+        .env("CRASH_RUN", "0")
+        .stderr(Stdio::null())
+        .output()
+        .expect("strace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the child must stop with status 1:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("fatal watched=true"),
+        "no fatal error reported:\n{stdout}"
+    );
+    assert!(stdout.contains("I/O error"), "{stdout}");
+    let mut committed = BTreeSet::new();
+    for line in stdout.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let [.., "committed", a, b] = parts.as_slice() {
+            if let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) {
+                committed.extend(a..=b);
+            }
+        }
+    }
+    assert!(!committed.is_empty());
+    let path = dir.path().join("queue.db");
+    assert_eq!(quick_check(&path), "ok");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let mut stmt = conn.prepare("SELECT value FROM readings").expect("prepare");
+    let present: BTreeSet<u64> = stmt
+        .query_map([], |r| r.get::<_, f64>(0))
+        .expect("query")
+        .map(|v| v.expect("row") as u64)
+        .collect();
+    let lost: Vec<&u64> = committed.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "committed readings lost after the I/O error: {lost:?}"
+    );
+    println!(
+        "io error test: {} readings committed before the injected EIO, all present",
+        committed.len()
     );
 }

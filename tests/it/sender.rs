@@ -402,3 +402,116 @@ async fn meter_id_field_and_restart_resumes_from_the_queue() {
     assert!(started.elapsed() < Duration::from_secs(2));
     q.close().await.expect("close");
 }
+
+/// A private CA and a certificate for `localhost` signed by it; returns (CA PEM, leaf DER, key DER).
+fn test_pki() -> (String, Vec<u8>, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    (ca.pem(), leaf.der().to_vec(), leaf_key.serialize_der())
+}
+
+/// Terminates TLS on 127.0.0.1:0 and forwards every connection to `backend`.
+async fn tls_proxy(
+    backend: std::net::SocketAddr,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+) -> (u16, CancellationToken) {
+    use tokio_rustls::rustls::{self, pki_types};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki_types::CertificateDer::from(cert)],
+            pki_types::PrivateKeyDer::Pkcs8(pki_types::PrivatePkcs8KeyDer::from(key)),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = CancellationToken::new();
+    let stop2 = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = stop2.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let Ok((tcp, _)) = accepted else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_file_and_refusal_without_it() {
+    let (ca_pem, cert, key) = test_pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("private-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).expect("ca");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("stand-in");
+    let (port, stop) = tls_proxy(api.addr(), cert, key).await;
+    // Without the CA: the certificate is refused, which is a network failure: nothing sent,
+    // nothing lost, the sender backs off.
+    let rig = Rig::start(TOKEN, |s| {
+        s.base_url = format!("https://localhost:{port}");
+        s.max_backoff = Duration::from_secs(1);
+    })
+    .await;
+    rig.commit(interleaved(&["A"], 3)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(api.accepted_count(), 0);
+    assert_eq!(rig.queue.stats().await.expect("stats").pending, 3);
+    let dir1 = rig.stop().await;
+    // With ca_file: delivered over TLS.
+    let (q, _) = Queue::open(QueueOptions::new(dir1.path().join("queue.db"))).expect("queue");
+    let s = SenderSettings {
+        base_url: format!("https://localhost:{port}"),
+        customer_id: CUSTOMER.into(),
+        sender: "tls".into(),
+        id_field: IdField::ImportId,
+        timeout: Duration::from_secs(5),
+        max_in_flight: 2,
+        max_backoff: Duration::from_secs(1),
+        ca_file: Some(ca_file),
+        token: Some(TokenSource::File(dir1.path().join("token"))),
+        auth_retry: Duration::from_millis(300),
+        error_log_every: Duration::from_secs(600),
+        rescan: Duration::from_millis(200),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        Sender::new(s, q.clone())
+            .expect("sender")
+            .run(shutdown.clone()),
+    );
+    assert!(
+        api.wait_accepted(3, LONG).await,
+        "accepted {}",
+        api.accepted_count()
+    );
+    assert_in_order(&api.accepted(), &["A"], 3);
+    shutdown.cancel();
+    task.await.expect("join").expect("sender");
+    q.close().await.expect("close");
+    stop.cancel();
+}
