@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::common::reading;
 use enectiva_collector::queue::{Queue, QueueOptions};
-use enectiva_collector::reading::{Kind, Reading, Series};
+use enectiva_collector::reading::Kind;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_enectiva-collector")
@@ -134,17 +135,6 @@ fn profiles_lists_and_prints() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-fn reading(kind: Kind, id: &str, time: i64, value: f64) -> Reading {
-    Reading {
-        series: Series::new(kind, id, None),
-        time,
-        value,
-        unit: Some("kWh".into()),
-        clock_synced: true,
-        invalid: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounds_show_exact_counts_in_status_json() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -230,12 +220,9 @@ fn status_without_a_queue_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_online_asks_latest_for_every_series() {
-    use enectiva_collector::config::IdField;
-    use enectiva_collector::sender::{Sender, SenderSettings};
+    use crate::common::CUSTOMER;
+    use enectiva_collector::sender::Sender;
     use enectiva_collector::sim::api::StandIn;
-    use enectiva_collector::token::TokenSource;
-
-    const CUSTOMER: &str = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11";
     let api = StandIn::start(CUSTOMER, "online-token")
         .await
         .expect("stand-in");
@@ -275,20 +262,7 @@ address = "127.0.0.1:1502"
     )])
     .await
     .expect("commit");
-    let s = SenderSettings {
-        base_url: api.base_url(),
-        customer_id: CUSTOMER.into(),
-        sender: "t".into(),
-        id_field: IdField::ImportId,
-        timeout: Duration::from_secs(5),
-        max_in_flight: 1,
-        max_backoff: Duration::from_secs(1),
-        ca_file: None,
-        token: Some(TokenSource::File(dir.path().join("token"))),
-        auth_retry: Duration::from_millis(300),
-        error_log_every: Duration::from_secs(600),
-        rescan: Duration::from_millis(200),
-    };
+    let s = crate::common::sender_settings(api.base_url(), &dir.path().join("token"));
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(Sender::new(s, q.clone()).expect("sender").run(stop.clone()));
     assert!(api.wait_accepted(1, Duration::from_secs(30)).await);

@@ -11,15 +11,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use enectiva_collector::config::IdField;
 use enectiva_collector::queue::{self, Queue, QueueOptions};
 use enectiva_collector::reading::{Kind, Reading, Series};
 use enectiva_collector::sender::{Sender, SenderSettings};
 use enectiva_collector::sim::api::StandIn;
-use enectiva_collector::token::TokenSource;
 use tokio_util::sync::CancellationToken;
 
-const CUSTOMER: &str = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11";
+use crate::common::CUSTOMER;
 const TOKEN: &str = "crash-token";
 const KILLS: u64 = 12;
 /// Values of run k are k × STRIDE + i, so they grow across runs (a cumulative counter).
@@ -27,18 +25,10 @@ const STRIDE: u64 = 1_000_000;
 
 fn settings(base_url: String, token_file: &Path) -> SenderSettings {
     SenderSettings {
-        base_url,
-        customer_id: CUSTOMER.into(),
-        sender: "crash".into(),
-        id_field: IdField::ImportId,
-        timeout: Duration::from_secs(2),
         max_in_flight: 4,
         max_backoff: Duration::from_secs(1),
-        ca_file: None,
-        token: Some(TokenSource::File(token_file.to_path_buf())),
-        auth_retry: Duration::from_millis(200),
-        error_log_every: Duration::from_secs(600),
         rescan: Duration::from_millis(100),
+        ..crate::common::sender_settings(base_url, token_file)
     }
 }
 

@@ -2,6 +2,7 @@
 //! files in temporary directories and pseudo-terminals for serial lines.
 
 mod cli;
+mod common;
 mod config;
 mod crash;
 mod sender;

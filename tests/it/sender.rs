@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use enectiva_collector::config::IdField;
 use enectiva_collector::queue::{self, DeadSelection, Queue, QueueOptions};
-use enectiva_collector::reading::{Kind, Reading, Series};
+use enectiva_collector::reading::{Kind, Reading};
 use enectiva_collector::sender::{Sender, SenderError, SenderSettings};
 use enectiva_collector::sim::api::{Accepted, Answer, Mode, StandIn};
-use enectiva_collector::token::TokenSource;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const CUSTOMER: &str = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11";
+use crate::common::{CUSTOMER, reading, sender_settings};
+
 const TOKEN: &str = "test-token-123";
 
 struct Rig {
@@ -37,20 +37,7 @@ impl Rig {
             ..QueueOptions::new(dir.path().join("queue.db"))
         })
         .expect("queue");
-        let mut s = SenderSettings {
-            base_url: api.base_url(),
-            customer_id: CUSTOMER.into(),
-            sender: "gateway-test".into(),
-            id_field: IdField::ImportId,
-            timeout: Duration::from_secs(2),
-            max_in_flight: 2,
-            max_backoff: Duration::from_secs(2),
-            ca_file: None,
-            token: Some(TokenSource::File(token_file.clone())),
-            auth_retry: Duration::from_millis(300),
-            error_log_every: Duration::from_secs(600),
-            rescan: Duration::from_millis(200),
-        };
+        let mut s = sender_settings(api.base_url(), &token_file);
         tune(&mut s);
         let shutdown = CancellationToken::new();
         let sender = Sender::new(s, queue.clone()).expect("sender");
@@ -94,17 +81,6 @@ impl Rig {
 
     fn queue_path(&self) -> PathBuf {
         self.dir.path().join("queue.db")
-    }
-}
-
-fn reading(kind: Kind, id: &str, time: i64, value: f64) -> Reading {
-    Reading {
-        series: Series::new(kind, id, None),
-        time,
-        value,
-        unit: Some("kWh".into()),
-        clock_synced: true,
-        invalid: None,
     }
 }
 
@@ -375,18 +351,9 @@ async fn meter_id_field_and_restart_resumes_from_the_queue() {
     let (q, report) = Queue::open(QueueOptions::new(dir.path().join("queue.db"))).expect("queue");
     assert_eq!(report.pending, 3);
     let s = SenderSettings {
-        base_url: api.base_url(),
-        customer_id: CUSTOMER.into(),
-        sender: "gw".into(),
         id_field: IdField::MeterId,
-        timeout: Duration::from_secs(2),
         max_in_flight: 4,
-        max_backoff: Duration::from_secs(2),
-        ca_file: None,
-        token: Some(TokenSource::File(dir.path().join("token"))),
-        auth_retry: Duration::from_millis(300),
-        error_log_every: Duration::from_secs(600),
-        rescan: Duration::from_millis(200),
+        ..sender_settings(api.base_url(), &dir.path().join("token"))
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(
@@ -485,18 +452,12 @@ async fn https_with_a_private_ca_file_and_refusal_without_it() {
     // With ca_file: delivered over TLS.
     let (q, _) = Queue::open(QueueOptions::new(dir1.path().join("queue.db"))).expect("queue");
     let s = SenderSettings {
-        base_url: format!("https://localhost:{port}"),
-        customer_id: CUSTOMER.into(),
-        sender: "tls".into(),
-        id_field: IdField::ImportId,
-        timeout: Duration::from_secs(5),
-        max_in_flight: 2,
-        max_backoff: Duration::from_secs(1),
         ca_file: Some(ca_file),
-        token: Some(TokenSource::File(dir1.path().join("token"))),
-        auth_retry: Duration::from_millis(300),
-        error_log_every: Duration::from_secs(600),
-        rescan: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(1),
+        ..sender_settings(
+            format!("https://localhost:{port}"),
+            &dir1.path().join("token"),
+        )
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(
