@@ -5,9 +5,11 @@
 //! codes. Data flows one way: bus task → [`queue`] → [`sender`]. Protocol cores
 //! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
 
+pub mod app;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod logging;
 pub mod modbus;
 pub mod profile;
 pub mod queue;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use enectiva_collector::commands::{self, Exit};
+use enectiva_collector::{app, logging};
+use tokio_util::sync::CancellationToken;
 use enectiva_collector::config::DEFAULT_PATH;
 
 #[derive(Debug, Parser)]
@@ -25,6 +27,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon in the foreground (systemd runs this)
+    Run,
+    /// Run the real pipeline against simulated meters and a local stand-in API (loopback only)
+    Demo {
+        /// How long to run
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// Poll meters once and print every channel; sends and queues nothing
+    Read {
+        /// Meter names (default: all)
+        meters: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and print buses, meters, channels and planned requests
     Check {
         /// Also ask the API's read-only `latest` endpoint for every series
@@ -77,29 +94,79 @@ enum DeadAction {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .compact()
-        .try_init();
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            Exit::Failure
+        })
+}
+
+/// `run`: the daemon until SIGTERM/SIGINT.
+fn run_daemon(config: &std::path::Path) -> Exit {
+    let config = match commands::load_config(config) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    logging::init(&config.log.level);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return e,
+    };
+    let shutdown = CancellationToken::new();
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return Exit::Failure;
+        }
+    };
+    let handle = signals.handle();
+    let on_signal = shutdown.clone();
+    let watcher = std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "signal received; stopping");
+            on_signal.cancel();
+        }
+    });
+    let result = rt.block_on(app::run(config, shutdown));
+    handle.close();
+    let _ = watcher.join();
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            tracing::error!(error = %e, "stopped with an error");
+            eprintln!("error: {e}");
+            Exit::Failure
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if !matches!(cli.command, Command::Run) {
+        logging::init("warn");
+    }
     let exit = match cli.command {
-        Command::Check { online } => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        Command::Run => run_daemon(&cli.config),
+        Command::Demo { seconds } => match runtime() {
+            Ok(rt) => rt.block_on(commands::demo::run(seconds)),
+            Err(e) => e,
+        },
+        Command::Read { meters, json } => match runtime() {
+            Ok(rt) => rt.block_on(commands::read::run(&cli.config, &meters, json)),
+            Err(e) => e,
+        },
+        Command::Check { online } => match runtime() {
             Ok(rt) => rt.block_on(commands::check::run(&cli.config, online)),
-            Err(e) => {
-                eprintln!("error: cannot start the runtime: {e}");
-                Exit::Failure
-            }
+            Err(e) => e,
         },
         Command::Status { json, queue } => {
             match commands::queue_path(&cli.config, queue.as_deref()) {

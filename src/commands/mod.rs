@@ -4,7 +4,9 @@
 
 pub mod check;
 pub mod dead;
+pub mod demo;
 pub mod profiles;
+pub mod read;
 pub mod status;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,10 @@
 //! Modbus vocabulary shared by the configuration, the profiles, the request planner and the
 //! decoder: register tables, data types and word orders. Plain data, no IO.
 
+pub mod bus;
 pub mod plan;
+pub mod poll;
+pub mod tcp;
 
 use std::fmt;
 

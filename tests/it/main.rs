@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod config;
 mod crash;
+mod daemon;
 mod sender;
