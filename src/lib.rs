@@ -5,6 +5,7 @@
 //! codes. Data flows one way: bus task → [`queue`] → [`sender`]. Protocol cores
 //! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
 
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod events;
@@ -12,6 +13,7 @@ pub mod modbus;
 pub mod profile;
 pub mod queue;
 pub mod reading;
+pub mod schedule;
 pub mod sender;
 pub mod sim;
 pub mod token;

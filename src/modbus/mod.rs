@@ -1,6 +1,7 @@
 //! Modbus vocabulary shared by the configuration, the profiles, the request planner and the
 //! decoder: register tables, data types and word orders. Plain data, no IO.
 
+pub mod decode;
 pub mod plan;
 
 use std::fmt;
