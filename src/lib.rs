@@ -6,6 +6,7 @@
 //! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
 
 pub mod app;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod events;
@@ -14,6 +15,7 @@ pub mod modbus;
 pub mod profile;
 pub mod queue;
 pub mod reading;
+pub mod schedule;
 pub mod sender;
 pub mod sim;
 pub mod token;

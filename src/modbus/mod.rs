@@ -2,6 +2,7 @@
 //! decoder: register tables, data types and word orders. Plain data, no IO.
 
 pub mod bus;
+pub mod decode;
 pub mod plan;
 pub mod poll;
 pub mod tcp;
