@@ -33,7 +33,13 @@ const STOP_GRACE: Duration = Duration::from_secs(8);
 
 /// Runs the daemon until `shutdown` is cancelled or the queue fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    run_with(config, QueueOptions::from_settings, SenderSettings::from_api, shutdown).await
+    run_with(
+        config,
+        QueueOptions::from_settings,
+        SenderSettings::from_api,
+        shutdown,
+    )
+    .await
 }
 
 /// [`run`] with hooks to adjust the queue and sender settings (tests and `demo` use shorter
@@ -67,7 +73,20 @@ pub async fn run_with(
     };
     for bus in &config.modbus_tcp {
         let link = TcpLink::new(bus.address.clone(), bus.timeout);
-        tracker.spawn(run_bus(bus.name.clone(), link, bus.meters.clone(), ctx.clone(), tasks.child_token()));
+        tracker.spawn(run_bus(
+            bus.name.clone(),
+            link,
+            bus.meters.clone(),
+            ctx.clone(),
+            tasks.child_token(),
+        ));
+    }
+    if !config.modbus_rtu.is_empty() || !config.mbus.is_empty() {
+        tracing::warn!(
+            modbus_rtu = config.modbus_rtu.len(),
+            mbus = config.mbus.len(),
+            "Modbus RTU and M-Bus buses are configured but this version polls Modbus TCP only"
+        );
     }
     tracker.close();
     let meters: usize = config.modbus_tcp.iter().map(|b| b.meters.len()).sum();
@@ -89,7 +108,10 @@ pub async fn run_with(
     };
     tracing::info!("stopping");
     tasks.cancel();
-    if tokio::time::timeout(STOP_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not stop in time; closing the queue anyway");
     }
     if let Some(e) = failure {

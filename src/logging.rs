@@ -24,7 +24,12 @@ pub fn init(level: &str) -> Target {
         // Without a journal socket the layer cannot be built: fall back to stderr.
         if let Ok(layer) = tracing_journald::layer() {
             let layer = layer.with_field_prefix(None);
-            if tracing_subscriber::registry().with(filter).with(layer).try_init().is_ok() {
+            if tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init()
+                .is_ok()
+            {
                 return Target::Journald;
             }
             return Target::Stderr;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use enectiva_collector::commands::{self, Exit};
+use enectiva_collector::config::DEFAULT_PATH;
 use enectiva_collector::{app, logging};
 use tokio_util::sync::CancellationToken;
-use enectiva_collector::config::DEFAULT_PATH;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,7 +120,10 @@ fn run_daemon(config: &std::path::Path) -> Exit {
         Err(e) => return e,
     };
     let shutdown = CancellationToken::new();
-    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot install signal handlers: {e}");

@@ -107,11 +107,24 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
             return Exit::Failure;
         }
     };
-    let channels: Vec<String> = config.series().iter().map(|(_, _, o)| o.series.import_id.clone()).collect();
-    println!("enectiva-collector demo: {} s on loopback, nothing leaves this machine", length.as_secs());
+    let channels: Vec<String> = config
+        .series()
+        .iter()
+        .map(|(_, _, o)| o.series.import_id.clone())
+        .collect();
+    println!(
+        "enectiva-collector demo: {} s on loopback, nothing leaves this machine",
+        length.as_secs()
+    );
     println!("  Enectiva API stand-in  {}", api.base_url());
-    println!("  Modbus TCP meter       {} (simulated Eastron SDM630, unit 1, read every 2 s)", tcp.addr());
-    println!("  queue                  {}", dir.join("queue.db").display());
+    println!(
+        "  Modbus TCP meter       {} (simulated Eastron SDM630, unit 1, read every 2 s)",
+        tcp.addr()
+    );
+    println!(
+        "  queue                  {}",
+        dir.join("queue.db").display()
+    );
     println!("deliveries (as the API accepted them):");
 
     let shutdown = CancellationToken::new();
@@ -163,7 +176,12 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
         e.0 += 1;
         e.1 = format!("{} {}", a.raw_value, a.unit.unwrap_or_default());
     }
-    println!("summary: {} readings delivered in {:.1} s, {} Modbus requests", api.accepted_count(), started.elapsed().as_secs_f64(), tcp.requests());
+    println!(
+        "summary: {} readings delivered in {:.1} s, {} Modbus requests",
+        api.accepted_count(),
+        started.elapsed().as_secs_f64(),
+        tcp.requests()
+    );
     let mut missing = Vec::new();
     for ch in &channels {
         match per_series.get(ch) {
@@ -177,7 +195,9 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
     tcp.stop().await;
     api.stop().await;
     if missing.is_empty() {
-        println!("every channel was delivered. Next: copy config/example.toml, describe your meters, run `enectiva-collector check`.");
+        println!(
+            "every channel was delivered. Next: copy config/example.toml, describe your meters, run `enectiva-collector check`."
+        );
         Exit::Ok
     } else {
         eprintln!("error: no delivery for {}", missing.join(", "));

@@ -16,7 +16,10 @@ fn words_hex(words: &[u16]) -> String {
 }
 
 /// The meters named (all when none), or the names that do not exist.
-fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<(&'a str, &'a str, &'a ModbusMeter)>, Vec<String>> {
+fn select<'a>(
+    config: &'a Config,
+    names: &[String],
+) -> Result<Vec<(&'a str, &'a str, &'a ModbusMeter)>, Vec<String>> {
     let mut all: Vec<(&str, &str, &ModbusMeter)> = Vec::new();
     for b in &config.modbus_tcp {
         for m in &b.meters {
@@ -26,11 +29,18 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<(&'a str, &'a 
     if names.is_empty() {
         return Ok(all);
     }
-    let unknown: Vec<String> = names.iter().filter(|n| !all.iter().any(|(_, _, m)| &m.name == *n)).cloned().collect();
+    let unknown: Vec<String> = names
+        .iter()
+        .filter(|n| !all.iter().any(|(_, _, m)| &m.name == *n))
+        .cloned()
+        .collect();
     if !unknown.is_empty() {
         return Err(unknown);
     }
-    Ok(all.into_iter().filter(|(_, _, m)| names.contains(&m.name)).collect())
+    Ok(all
+        .into_iter()
+        .filter(|(_, _, m)| names.contains(&m.name))
+        .collect())
 }
 
 fn channel_json(m: &ModbusMeter, v: &ChannelValue) -> serde_json::Value {
@@ -56,13 +66,20 @@ fn channel_json(m: &ModbusMeter, v: &ChannelValue) -> serde_json::Value {
 
 fn print_channel(m: &ModbusMeter, v: &ChannelValue) {
     let c = &m.channels[v.channel];
-    let name = c.quantity.clone().unwrap_or_else(|| format!("register 0x{:04X}", c.register.address));
+    let name = c
+        .quantity
+        .clone()
+        .unwrap_or_else(|| format!("register 0x{:04X}", c.register.address));
     let unit = c.output.unit.as_deref().unwrap_or("");
     let raw = match &c.source_unit {
         Some(u) if c.output.unit.as_deref() != Some(u.as_str()) => format!(", raw {} {u}", v.raw),
         _ => String::new(),
     };
-    let warn = v.sentinel.as_deref().map(|s| format!("  NOT AVAILABLE: {s}")).unwrap_or_default();
+    let warn = v
+        .sentinel
+        .as_deref()
+        .map(|s| format!("  NOT AVAILABLE: {s}"))
+        .unwrap_or_default();
     println!(
         "  {name:<24} {} {unit:<5} → {} {}   ({} 0x{:04X} {} {} = {}{raw}){warn}",
         v.value,
@@ -84,13 +101,23 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
     let selected = match select(&config, names) {
         Ok(s) => s,
         Err(unknown) => {
-            let known: Vec<&str> = config.modbus_tcp.iter().flat_map(|b| b.meters.iter().map(|m| m.name.as_str())).collect();
-            eprintln!("error: no Modbus TCP meter named {}; known: {}", unknown.join(", "), known.join(", "));
+            let known: Vec<&str> = config
+                .modbus_tcp
+                .iter()
+                .flat_map(|b| b.meters.iter().map(|m| m.name.as_str()))
+                .collect();
+            eprintln!(
+                "error: no Modbus TCP meter named {}; known: {}",
+                unknown.join(", "),
+                known.join(", ")
+            );
             return Exit::Invalid;
         }
     };
     if !config.modbus_rtu.is_empty() || !config.mbus.is_empty() {
-        eprintln!("note: Modbus RTU and M-Bus meters are not read by this version; only Modbus TCP meters are polled");
+        eprintln!(
+            "note: Modbus RTU and M-Bus meters are not read by this version; only Modbus TCP meters are polled"
+        );
     }
     let mut failed = 0;
     let mut out = Vec::new();
@@ -107,12 +134,18 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                         "unavailable": res.retired,
                     }));
                 } else {
-                    println!("{bus}/{} (unit {} at {address}): {} request(s)", meter.name, meter.unit_id, res.requests);
+                    println!(
+                        "{bus}/{} (unit {} at {address}): {} request(s)",
+                        meter.name, meter.unit_id, res.requests
+                    );
                     for v in &res.values {
                         print_channel(meter, v);
                     }
                     for ch in &res.retired {
-                        println!("  channel {} not available on this meter (illegal data address)", ch + 1);
+                        println!(
+                            "  channel {} not available on this meter (illegal data address)",
+                            ch + 1
+                        );
                     }
                 }
             }
@@ -128,7 +161,10 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                 if json {
                     out.push(json!({"bus": bus, "meter": meter.name, "ok": false, "error": format!("{e}{hint}")}));
                 } else {
-                    println!("{bus}/{} (unit {} at {address}): FAILED: {e}{hint}", meter.name, meter.unit_id);
+                    println!(
+                        "{bus}/{} (unit {} at {address}): FAILED: {e}{hint}",
+                        meter.name, meter.unit_id
+                    );
                 }
             }
         }

@@ -66,7 +66,11 @@ pub async fn run_bus<L: Link>(
             return;
         }
         let now = clock::now_ms();
-        let next = meters.iter().map(|m| m.schedule.next_due()).min().unwrap_or(now);
+        let next = meters
+            .iter()
+            .map(|m| m.schedule.next_due())
+            .min()
+            .unwrap_or(now);
         if next > now {
             let wait = Duration::from_millis(u64::try_from(next - now).unwrap_or(0)).min(MAX_SLEEP);
             tokio::select! {
@@ -99,7 +103,9 @@ pub async fn run_bus<L: Link>(
             continue;
         }
         // Every meter due now, earliest slot first, one after another.
-        let mut due: Vec<usize> = (0..meters.len()).filter(|i| meters[*i].schedule.next_due() <= now).collect();
+        let mut due: Vec<usize> = (0..meters.len())
+            .filter(|i| meters[*i].schedule.next_due() <= now)
+            .collect();
         due.sort_by_key(|i| (meters[*i].schedule.next_due(), *i));
         for i in due {
             if shutdown.is_cancelled() {
@@ -109,7 +115,17 @@ pub async fn run_bus<L: Link>(
             let slot = m.schedule.next_due();
             let outcome = m.poller.poll(&mut link).await;
             let done = clock::now_ms();
-            poll_done(&bus, m, slot, outcome, done, synced, &ctx.queue, &mut behind_log).await;
+            poll_done(
+                &bus,
+                m,
+                slot,
+                outcome,
+                done,
+                synced,
+                &ctx.queue,
+                &mut behind_log,
+            )
+            .await;
         }
     }
 }
@@ -192,7 +208,9 @@ async fn poll_done(
             error = error.as_deref().unwrap_or(""),
             "meter not answering; retrying on schedule (repeats are not logged)"
         ),
-        Transition::WentDown => tracing::debug!(bus, meter = %meter, "meter down: retried at growing intervals"),
+        Transition::WentDown => {
+            tracing::debug!(bus, meter = %meter, "meter down: retried at growing intervals")
+        }
         Transition::Recovered { failures } => tracing::info!(
             message_id = events::METER_UP,
             bus,

@@ -142,8 +142,14 @@ impl MeterPoller {
     }
 
     fn replan(&mut self) {
-        self.active = (0..self.meter.channels.len()).filter(|i| !self.retired[*i]).collect();
-        self.specs = self.active.iter().map(|i| self.meter.channels[*i].register).collect();
+        self.active = (0..self.meter.channels.len())
+            .filter(|i| !self.retired[*i])
+            .collect();
+        self.specs = self
+            .active
+            .iter()
+            .map(|i| self.meter.channels[*i].register)
+            .collect();
         self.plan = if self.fallen_back {
             // After a meter refused a merged request and a channel was retired since, read
             // every value on its own rather than risk the refusal again.
@@ -189,8 +195,10 @@ impl MeterPoller {
                     Ok(words) => answers.push(words),
                     Err(LinkError::Exception(ExceptionCode::IllegalDataAddress)) => {
                         let members = self.plan.members(ri);
-                        let distinct: std::collections::BTreeSet<(Table, u16)> =
-                            members.iter().map(|m| (self.specs[*m].table, self.specs[*m].address)).collect();
+                        let distinct: std::collections::BTreeSet<(Table, u16)> = members
+                            .iter()
+                            .map(|m| (self.specs[*m].table, self.specs[*m].address))
+                            .collect();
                         if distinct.len() > 1 {
                             // Split only the refused request; the plan is kept, so the meter
                             // remembers it for every later poll.
@@ -227,7 +235,8 @@ impl MeterPoller {
                 };
                 let ch = self.active[si];
                 let channel = &self.meter.channels[ch];
-                let d = decode(w, spec.data_type, spec.order).map_err(|e| LinkError::Protocol(e.to_string()))?;
+                let d = decode(w, spec.data_type, spec.order)
+                    .map_err(|e| LinkError::Protocol(e.to_string()))?;
                 result.values.push(ChannelValue {
                     channel: ch,
                     words: w.to_vec(),
@@ -239,6 +248,8 @@ impl MeterPoller {
             result.values.sort_by_key(|v| v.channel);
             return Ok(result);
         }
-        Err(LinkError::Protocol("the meter keeps refusing requests (illegal data address)".into()))
+        Err(LinkError::Protocol(
+            "the meter keeps refusing requests (illegal data address)".into(),
+        ))
     }
 }

@@ -54,15 +54,26 @@ impl TcpLink {
     }
 
     async fn connect(&mut self, unit: u8) -> Result<(), LinkError> {
-        let addrs: Vec<std::net::SocketAddr> =
-            match tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host(self.address.as_str())).await {
-                Ok(Ok(a)) => a.collect(),
-                Ok(Err(e)) => return Err(LinkError::Connect(format!("{}: {e}", self.address))),
-                Err(_) => return Err(LinkError::Connect(format!("{}: name lookup timed out", self.address))),
-            };
+        let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::lookup_host(self.address.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(LinkError::Connect(format!("{}: {e}", self.address))),
+            Err(_) => {
+                return Err(LinkError::Connect(format!(
+                    "{}: name lookup timed out",
+                    self.address
+                )));
+            }
+        };
         let mut last = format!("{}: no address", self.address);
         for addr in addrs {
-            match tokio::time::timeout(self.connect_timeout, tcp::connect_slave(addr, Slave(unit))).await {
+            match tokio::time::timeout(self.connect_timeout, tcp::connect_slave(addr, Slave(unit)))
+                .await
+            {
                 Ok(Ok(ctx)) => {
                     self.ctx = Some(ctx);
                     self.connects += 1;

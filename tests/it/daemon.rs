@@ -40,10 +40,16 @@ fn head(api: &str, dir: &Path) -> String {
 fn served_f32(sim: &SimModbus, unit: u8, addr: u16) -> Vec<f64> {
     sim.served()
         .iter()
-        .filter(|s| s.unit == unit && s.table == Table::Input && s.start <= addr && addr + 1 < s.start + s.count)
+        .filter(|s| {
+            s.unit == unit
+                && s.table == Table::Input
+                && s.start <= addr
+                && addr + 1 < s.start + s.count
+        })
         .map(|s| {
             let words = &s.words;
-            let bits = (u32::from(words[usize::from(addr - s.start)]) << 16) | u32::from(words[usize::from(addr - s.start) + 1]);
+            let bits = (u32::from(words[usize::from(addr - s.start)]) << 16)
+                | u32::from(words[usize::from(addr - s.start) + 1]);
             let v = f32::from_bits(bits);
             v.to_string().parse::<f64>().unwrap_or(f64::NAN)
         })
@@ -71,7 +77,8 @@ struct Daemon {
 }
 
 fn start(config_text: &str, dir: &Path) -> Daemon {
-    let config = Config::parse(config_text, &dir.join("config.toml")).unwrap_or_else(|e| panic!("{e}\n{config_text}"));
+    let config = Config::parse(config_text, &dir.join("config.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{config_text}"));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app::run_with(
         config,
@@ -100,7 +107,9 @@ impl Daemon {
 async fn two_meters_end_to_end_with_conversion_and_data_points() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1), SimMeter::sdm630(2)]).await.expect("sim");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1), SimMeter::sdm630(2)])
+        .await
+        .expect("sim");
     sim.set_f32(1, Table::Input, 0x0034, 2301.5);
     sim.set_f32(2, Table::Input, 0x0046, 49.98);
     let text = format!(
@@ -137,21 +146,37 @@ timeout = "500ms"
     assert!(
         wait_for(&api, |acc| ids.iter().all(|id| series(acc, id).len() >= 3)).await,
         "not every channel delivered 3 times: {:?}",
-        api.accepted().iter().map(|a| a.import_id.clone()).collect::<Vec<_>>()
+        api.accepted()
+            .iter()
+            .map(|a| a.import_id.clone())
+            .collect::<Vec<_>>()
     );
     d.stop().await;
     let acc = api.accepted();
     // Energy: exactly the register contents, in order, each poll once.
     for (unit, id, factor) in [(1u8, "M1_E", 1.0), (2, "M2_E", 1000.0)] {
         let delivered: Vec<f64> = series(&acc, id).iter().map(|a| a.value).collect();
-        let served: Vec<f64> = served_f32(&sim, unit, 0x0048).iter().map(|v| v * factor).collect();
+        let served: Vec<f64> = served_f32(&sim, unit, 0x0048)
+            .iter()
+            .map(|v| v * factor)
+            .collect();
         assert!(delivered.len() >= 3);
-        assert_eq!(delivered[..], served[..delivered.len()], "{id}: delivered vs served");
-        assert!(delivered.windows(2).all(|w| w[0] < w[1]), "{id} not increasing: {delivered:?}");
+        assert_eq!(
+            delivered[..],
+            served[..delivered.len()],
+            "{id}: delivered vs served"
+        );
+        assert!(
+            delivered.windows(2).all(|w| w[0] < w[1]),
+            "{id} not increasing: {delivered:?}"
+        );
     }
     // W register sent as kW, as a data point.
     for a in series(&acc, "M1_P") {
-        assert_eq!((a.kind, a.raw_value.as_str(), a.unit.as_deref()), ("data_point", "2.3015", Some("kW")));
+        assert_eq!(
+            (a.kind, a.raw_value.as_str(), a.unit.as_deref()),
+            ("data_point", "2.3015", Some("kW"))
+        );
     }
     for a in series(&acc, "M1_U") {
         assert_eq!((a.kind, a.raw_value.as_str()), ("data_point", "230.1"));
@@ -177,7 +202,9 @@ timeout = "500ms"
 async fn sdm630_with_ten_channels_costs_two_requests_per_cycle() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)]).await.expect("sim");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
     let quantities = [
         "voltage_l1",
         "voltage_l2",
@@ -191,9 +218,13 @@ async fn sdm630_with_ten_channels_costs_two_requests_per_cycle() {
     ];
     let mut channels: Vec<String> = quantities
         .iter()
-        .map(|q| format!("    {{ quantity = \"{q}\", import_id = \"Q_{q}\", kind = \"data_point\" }},"))
+        .map(|q| {
+            format!("    {{ quantity = \"{q}\", import_id = \"Q_{q}\", kind = \"data_point\" }},")
+        })
         .collect();
-    channels.push("    { quantity = \"total_energy\", import_id = \"Q_total\", unit = \"kWh\" },".into());
+    channels.push(
+        "    { quantity = \"total_energy\", import_id = \"Q_total\", unit = \"kWh\" },".into(),
+    );
     let text = format!(
         "{}\n[[modbus_tcp]]\nname = \"gw\"\naddress = \"{}\"\n  [[modbus_tcp.meter]]\n  name = \"m\"\n  unit_id = 1\n  interval = \"1s\"\n  profile = \"eastron-sdm630\"\n  channels = [\n{}\n  ]\n",
         head(&api.base_url(), dir.path()),
@@ -210,16 +241,25 @@ async fn sdm630_with_ten_channels_costs_two_requests_per_cycle() {
     assert_eq!(sim.requests_for(1), 2 * cycles as u64, "{served:?}");
     for s in &served {
         assert_eq!(s.table, Table::Input);
-        assert!((s.start, s.count) == (0, 74) || (s.start, s.count) == (0x0156, 2), "unexpected request {:?}", (s.start, s.count));
+        assert!(
+            (s.start, s.count) == (0, 74) || (s.start, s.count) == (0x0156, 2),
+            "unexpected request {:?}",
+            (s.start, s.count)
+        );
     }
-    assert_eq!(series(&api.accepted(), "Q_total").len(), series(&api.accepted(), "Q_voltage_l1").len());
+    assert_eq!(
+        series(&api.accepted(), "Q_total").len(),
+        series(&api.accepted(), "Q_voltage_l1").len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_answer_never_becomes_a_wrong_value() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)]).await.expect("sim");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
     let text = format!(
         r#"{}
 [[modbus_tcp]]
@@ -248,17 +288,28 @@ timeout = "300ms"
     let before = series(&api.accepted(), "E").len();
     assert!(wait_for(&api, |acc| series(acc, "E").len() >= before + 3).await);
     d.stop().await;
-    assert!(sim.connections() > connections_before, "no fresh connection after the timeout");
+    assert!(
+        sim.connections() > connections_before,
+        "no fresh connection after the timeout"
+    );
     let acc = api.accepted();
     // Every delivered value is the one its register held, never a neighbour's.
     let served_e = served_f32(&sim, 1, 0x0048);
     let served_t = served_f32(&sim, 1, 0x0156);
     for a in series(&acc, "E") {
-        assert!(served_e.contains(&a.value), "E {} was never in register 0x0048", a.value);
+        assert!(
+            served_e.contains(&a.value),
+            "E {} was never in register 0x0048",
+            a.value
+        );
         assert!(a.value >= 1000.0 && a.value < 1100.0);
     }
     for a in series(&acc, "T") {
-        assert!(served_t.contains(&a.value), "T {} was never in register 0x0156", a.value);
+        assert!(
+            served_t.contains(&a.value),
+            "T {} was never in register 0x0156",
+            a.value
+        );
     }
     for a in series(&acc, "U") {
         assert_eq!(a.raw_value, "230.1");
@@ -284,7 +335,11 @@ fn spawn_run(config: &Path) -> Child {
 
 fn sigterm(child: &Child) {
     let pid = child.id().to_string();
-    let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success();
     assert!(ok);
 }
 
@@ -318,7 +373,13 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
-fn one_meter(name: &str, bus: &str, addr: std::net::SocketAddr, unit: u8, import_id: &str) -> String {
+fn one_meter(
+    name: &str,
+    bus: &str,
+    addr: std::net::SocketAddr,
+    unit: u8,
+    import_id: &str,
+) -> String {
     format!(
         r#"
 [[modbus_tcp]]
@@ -339,8 +400,12 @@ timeout = "300ms"
 async fn one_unreachable_endpoint_leaves_the_other_on_schedule_and_logs_once_each_way() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let a = SimModbus::start(vec![SimMeter::sdm630(1)]).await.expect("sim a");
-    let b = SimModbus::start(vec![SimMeter::sdm630(1)]).await.expect("sim b");
+    let a = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim a");
+    let b = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim b");
     b.set_refusing(true).await.expect("refuse");
     let text = format!(
         "{}{}{}",
@@ -363,12 +428,25 @@ async fn one_unreachable_endpoint_leaves_the_other_on_schedule_and_logs_once_eac
     assert!(took < Duration::from_secs(10));
     // A: one reading per 1 s slot (give or take the slot being polled at either end).
     let a_total = series(&api.accepted(), "A_E").len() as f64;
-    assert!(a_total >= elapsed - 2.5, "A delivered {a_total} in {elapsed:.1} s (during B's outage: {a_during_outage})");
-    let down: Vec<&str> = stderr.lines().filter(|l| l.contains("meter not answering")).collect();
-    let up: Vec<&str> = stderr.lines().filter(|l| l.contains("meter answers again")).collect();
+    assert!(
+        a_total >= elapsed - 2.5,
+        "A delivered {a_total} in {elapsed:.1} s (during B's outage: {a_during_outage})"
+    );
+    let down: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("meter not answering"))
+        .collect();
+    let up: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("meter answers again"))
+        .collect();
     assert_eq!(down.len(), 1, "{stderr}");
     assert_eq!(up.len(), 1, "{stderr}");
-    assert!(down[0].contains("WARN") && down[0].contains("mb"), "{}", down[0]);
+    assert!(
+        down[0].contains("WARN") && down[0].contains("mb"),
+        "{}",
+        down[0]
+    );
     assert!(up[0].contains("INFO") && up[0].contains("mb"), "{}", up[0]);
     assert!(!stderr.contains(TOKEN));
 }
@@ -378,8 +456,14 @@ async fn kill_9_during_an_api_outage_loses_no_committed_reading() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
     api.set_mode(Mode::Down).await.expect("down");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)]).await.expect("sim");
-    let text = format!("{}{}", head(&api.base_url(), dir.path()), one_meter("m", "gw", sim.addr(), 1, "E"));
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    let text = format!(
+        "{}{}",
+        head(&api.base_url(), dir.path()),
+        one_meter("m", "gw", sim.addr(), 1, "E")
+    );
     let config = write_config(dir.path(), &text);
     let mut child = spawn_run(&config);
     // Let it poll a few slots into the queue, then kill it hard.
@@ -392,12 +476,20 @@ async fn kill_9_during_an_api_outage_loses_no_committed_reading() {
     let _ = child.wait();
     let st = queue::status(&dir.path().join("queue.db")).expect("status after kill");
     let committed = st.pending;
-    assert!(committed >= 4, "only {committed} readings committed before the kill");
+    assert!(
+        committed >= 4,
+        "only {committed} readings committed before the kill"
+    );
     let served_before = served_f32(&sim, 1, 0x0048);
     let in_queue: Vec<f64> = {
         let conn = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
-        let mut stmt = conn.prepare("SELECT value FROM readings ORDER BY id").expect("prepare");
-        stmt.query_map([], |r| r.get(0)).expect("query").map(|v| v.expect("row")).collect()
+        let mut stmt = conn
+            .prepare("SELECT value FROM readings ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|v| v.expect("row"))
+            .collect()
     };
     assert_eq!(in_queue.len() as u64, committed);
     // Restart with the API back.
@@ -407,15 +499,30 @@ async fn kill_9_during_an_api_outage_loses_no_committed_reading() {
     sigterm(&child);
     let (code, _, stderr) = wait_exit(child, Duration::from_secs(10));
     assert_eq!(code, Some(0), "{stderr}");
-    let delivered: Vec<f64> = series(&api.accepted(), "E").iter().map(|a| a.value).collect();
+    let delivered: Vec<f64> = series(&api.accepted(), "E")
+        .iter()
+        .map(|a| a.value)
+        .collect();
     // Every value served before the kill was delivered except at most the one polled at the
     // kill; in order, no duplicates stored.
     let lost: Vec<&f64> = in_queue.iter().filter(|v| !delivered.contains(v)).collect();
-    assert!(lost.is_empty(), "committed before the kill but never delivered: {lost:?}");
-    let missing: Vec<&f64> = served_before.iter().filter(|v| !delivered.contains(v)).collect();
-    assert!(missing.len() <= 1, "missing after restart: {missing:?} (delivered {delivered:?})");
+    assert!(
+        lost.is_empty(),
+        "committed before the kill but never delivered: {lost:?}"
+    );
+    let missing: Vec<&f64> = served_before
+        .iter()
+        .filter(|v| !delivered.contains(v))
+        .collect();
+    assert!(
+        missing.len() <= 1,
+        "missing after restart: {missing:?} (delivered {delivered:?})"
+    );
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "{delivered:?}");
-    let times: Vec<String> = series(&api.accepted(), "E").iter().map(|a| a.time.clone()).collect();
+    let times: Vec<String> = series(&api.accepted(), "E")
+        .iter()
+        .map(|a| a.time.clone())
+        .collect();
     assert!(times.windows(2).all(|w| w[0] < w[1]));
 }
 
@@ -425,8 +532,14 @@ async fn sigterm_exits_0_within_10_s_with_the_queue_intact() {
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
     // The API hangs: an in-flight request must not hold up the stop.
     api.set_mode(Mode::Hang).await.expect("hang");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)]).await.expect("sim");
-    let text = format!("{}{}", head(&api.base_url(), dir.path()), one_meter("m", "gw", sim.addr(), 1, "E"));
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    let text = format!(
+        "{}{}",
+        head(&api.base_url(), dir.path()),
+        one_meter("m", "gw", sim.addr(), 1, "E")
+    );
     let child = spawn_run(&write_config(dir.path(), &text));
     let deadline = Instant::now() + LONG;
     while served_f32(&sim, 1, 0x0048).len() < 3 && Instant::now() < deadline {
@@ -439,9 +552,14 @@ async fn sigterm_exits_0_within_10_s_with_the_queue_intact() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     let st = queue::status(&dir.path().join("queue.db")).expect("status");
     assert!(st.pending >= 2, "{st:?}");
-    assert_eq!(st.state.get("clean_shutdown").map(String::as_str), Some("1"));
+    assert_eq!(
+        st.state.get("clean_shutdown").map(String::as_str),
+        Some("1")
+    );
     let conn = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
-    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).expect("quick_check");
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .expect("quick_check");
     assert_eq!(check, "ok");
 }
 
@@ -453,10 +571,29 @@ fn demo_runs_the_pipeline_and_delivers_every_channel() {
         .output()
         .expect("demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for id in ["DEMO_IMPORT", "DEMO_EXPORT", "DEMO_TOTAL", "DEMO_POWER", "DEMO_U1", "DEMO_FREQ"] {
-        let line = stdout.lines().find(|l| l.trim_start().starts_with(id)).unwrap_or_else(|| panic!("{id} missing:\n{stdout}"));
-        let n: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in [
+        "DEMO_IMPORT",
+        "DEMO_EXPORT",
+        "DEMO_TOTAL",
+        "DEMO_POWER",
+        "DEMO_U1",
+        "DEMO_FREQ",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing:\n{stdout}"));
+        let n: usize = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         assert!(n >= 3, "{id}: {line}");
     }
     assert!(stdout.contains("every channel was delivered"));
