@@ -302,3 +302,90 @@ address = "127.0.0.1:1502"
     );
     assert!(!stdout.contains("wrong-token") && !text(&out.stderr).contains("wrong-token"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_prints_every_channel_and_exceptions_by_name() {
+    use enectiva_collector::modbus::Table;
+    use enectiva_collector::sim::modbus::{SimMeter, SimModbus};
+
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1), SimMeter::sdm630(2)])
+        .await
+        .expect("sim");
+    sim.set_f32(1, Table::Input, 0x0034, 2301.5);
+    sim.exception(
+        2,
+        Table::Input,
+        0,
+        200,
+        tokio_modbus::ExceptionCode::ServerDeviceBusy,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[api]
+customer_id = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11"
+[queue]
+path = "{}"
+[[modbus_tcp]]
+name = "gw"
+address = "{}"
+  [[modbus_tcp.meter]]
+  name = "good"
+  unit_id = 1
+  profile = "eastron-sdm630"
+  channels = [
+    {{ quantity = "import_energy_total", import_id = "E", unit = "kWh" }},
+    {{ quantity = "active_power_total", import_id = "P", unit = "kW", kind = "data_point" }},
+  ]
+  [[modbus_tcp.meter]]
+  name = "busy"
+  unit_id = 2
+  profile = "eastron-sdm630"
+  channels = [ {{ quantity = "voltage_l1", import_id = "U", kind = "data_point" }} ]
+"#,
+            dir.path().join("queue.db").display(),
+            sim.addr()
+        ),
+    )
+    .expect("config");
+    let cfg = config.to_str().expect("utf8").to_string();
+    let out = tokio::task::spawn_blocking(move || run(&["-c", &cfg, "read"]))
+        .await
+        .expect("join");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "one meter failed: {stdout}");
+    assert!(
+        stdout.contains("import_energy_total") && stdout.contains("1000 kWh"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2.3015 kW") && stdout.contains("raw 2301.5 W"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("busy") && stdout.contains("server device busy"),
+        "{stdout}"
+    );
+    // Nothing was queued or sent by `read`.
+    assert!(!dir.path().join("queue.db").exists());
+    let cfg = config.to_str().expect("utf8").to_string();
+    let out = tokio::task::spawn_blocking(move || run(&["-c", &cfg, "read", "good", "--json"]))
+        .await
+        .expect("join");
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["meter"], "good");
+    assert_eq!(v[0]["channels"][1]["value"], 2.3015);
+    assert_eq!(
+        v[0]["channels"][1]["words"],
+        serde_json::json!([0x450F, 0xD800])
+    );
+    let cfg = config.to_str().expect("utf8").to_string();
+    let out = tokio::task::spawn_blocking(move || run(&["-c", &cfg, "read", "nosuch"]))
+        .await
+        .expect("join");
+    assert_eq!(out.status.code(), Some(2));
+}

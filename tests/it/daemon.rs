@@ -598,3 +598,53 @@ fn demo_runs_the_pipeline_and_delivers_every_channel() {
     }
     assert!(stdout.contains("every channel was delivered"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_02_splits_merged_requests_and_retires_missing_registers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    // This "meter" refuses requests longer than 10 registers (exception 02).
+    sim.max_registers(1, 10);
+    let text = format!(
+        r#"{}
+[[modbus_tcp]]
+name = "gw"
+address = "{}"
+  [[modbus_tcp.meter]]
+  name = "m"
+  unit_id = 1
+  interval = "1s"
+  profile = "eastron-sdm630"
+  channels = [
+    {{ quantity = "voltage_l1", import_id = "U", kind = "data_point" }},
+    {{ quantity = "import_energy_total", import_id = "E", unit = "kWh" }},
+    {{ register = 0x0100, table = "input", type = "f32", import_id = "MISSING", kind = "data_point" }},
+  ]
+"#,
+        head(&api.base_url(), dir.path()),
+        sim.addr()
+    );
+    let d = start(&text, dir.path());
+    assert!(wait_for(&api, |acc| series(acc, "E").len() >= 3).await);
+    let at_three = sim.requests_for(1);
+    assert!(wait_for(&api, |acc| series(acc, "E").len() >= 5).await);
+    let per_cycle = sim.requests_for(1) - at_three;
+    d.stop().await;
+    // After the split: one request per remaining value, the missing register no longer asked.
+    assert_eq!(
+        per_cycle,
+        2 * 2,
+        "requests in two cycles after the fallback"
+    );
+    let served = sim.served();
+    assert!(served.iter().all(|s| s.count <= 10));
+    assert!(served.iter().all(|s| s.start != 0x0100));
+    assert_eq!(series(&api.accepted(), "MISSING").len(), 0);
+    assert_eq!(
+        series(&api.accepted(), "U").len(),
+        series(&api.accepted(), "E").len()
+    );
+}
