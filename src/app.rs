@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::modbus::bus::{BusContext, run_bus};
+use crate::modbus::rtu::{RtuLink, SerialSettings};
 use crate::modbus::tcp::TcpLink;
 use crate::queue::{Queue, QueueError, QueueOptions};
 use crate::sender::{Sender, SenderError, SenderSettings};
@@ -81,17 +82,21 @@ pub async fn run_with(
             tasks.child_token(),
         ));
     }
-    if !config.modbus_rtu.is_empty() || !config.mbus.is_empty() {
+    for bus in &config.modbus_rtu {
+        let link = RtuLink::new(SerialSettings::from_bus(bus));
+        tracker.spawn(run_bus(bus.name.clone(), link, bus.meters.clone(), ctx.clone(), tasks.child_token()));
+    }
+    if !config.mbus.is_empty() {
         tracing::warn!(
-            modbus_rtu = config.modbus_rtu.len(),
             mbus = config.mbus.len(),
-            "Modbus RTU and M-Bus buses are configured but this version polls Modbus TCP only"
+            "M-Bus buses are configured but this version does not poll M-Bus yet"
         );
     }
     tracker.close();
-    let meters: usize = config.modbus_tcp.iter().map(|b| b.meters.len()).sum();
+    let meters: usize = config.modbus_tcp.iter().map(|b| b.meters.len()).sum::<usize>()
+        + config.modbus_rtu.iter().map(|b| b.meters.len()).sum::<usize>();
     tracing::info!(
-        buses = config.modbus_tcp.len(),
+        buses = config.modbus_tcp.len() + config.modbus_rtu.len(),
         meters,
         series = config.series().len(),
         "running"

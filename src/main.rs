@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use enectiva_collector::commands::{self, Exit};
-use enectiva_collector::config::DEFAULT_PATH;
+use enectiva_collector::config::{DEFAULT_PATH, Parity};
 use enectiva_collector::{app, logging};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,16 @@ enum Command {
         /// How long to run
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+    },
+    /// Commissioning: read raw registers and print every interpretation
+    Probe {
+        #[command(subcommand)]
+        what: ProbeWhat,
+    },
+    /// Commissioning: list the addresses that answer
+    Scan {
+        #[command(subcommand)]
+        what: ScanWhat,
     },
     /// Poll meters once and print every channel; sends and queues nothing
     Read {
@@ -70,6 +80,89 @@ enum Command {
         /// Print the profile's TOML file instead of the table
         #[arg(long, requires = "name")]
         toml: bool,
+    },
+}
+
+/// A Modbus TCP endpoint or a serial line.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["tcp", "port"])))]
+struct ModbusTarget {
+    /// Modbus TCP endpoint, HOST:PORT
+    #[arg(long)]
+    tcp: Option<String>,
+    /// Serial port (prefer /dev/serial/by-id/…)
+    #[arg(long)]
+    port: Option<PathBuf>,
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+    /// none | even | odd
+    #[arg(long, default_value = "none", value_parser = parse_parity)]
+    parity: Parity,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(7..=8))]
+    data_bits: u8,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    stop_bits: u8,
+}
+
+impl ModbusTarget {
+    fn target(&self) -> commands::probe::Target {
+        match (&self.tcp, &self.port) {
+            (Some(t), _) => commands::probe::Target::Tcp(t.clone()),
+            (None, Some(p)) => commands::probe::Target::serial(p.clone(), self.baud, self.parity, self.data_bits, self.stop_bits),
+            // clap's required group guarantees one of them.
+            (None, None) => commands::probe::Target::Tcp(String::new()),
+        }
+    }
+}
+
+fn parse_parity(s: &str) -> Result<Parity, String> {
+    match s {
+        "none" | "N" | "n" => Ok(Parity::None),
+        "even" | "E" | "e" => Ok(Parity::Even),
+        "odd" | "O" | "o" => Ok(Parity::Odd),
+        _ => Err(format!("`{s}`: parity is none, even or odd")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    enectiva_collector::config::parse_duration(s)
+}
+
+#[derive(Debug, Subcommand)]
+enum ProbeWhat {
+    /// Read raw registers and print every interpretation (find a meter's word order)
+    Modbus {
+        #[command(flatten)]
+        target: ModbusTarget,
+        /// Unit id (slave address)
+        #[arg(long)]
+        unit: u8,
+        /// PDU address, decimal or 0x hex (vendor register number − 1)
+        #[arg(long, value_parser = commands::probe::parse_register)]
+        register: u16,
+        /// Read input registers (FC4) instead of holding registers (FC3)
+        #[arg(long)]
+        input: bool,
+        /// Registers to read: 1, 2 or 4
+        #[arg(long, default_value_t = 2)]
+        count: u16,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScanWhat {
+    /// List the unit ids that answer on a TCP endpoint or a serial line
+    Modbus {
+        #[command(flatten)]
+        target: ModbusTarget,
+        /// Unit ids to try, e.g. 1-247 or 1,3,10-20
+        #[arg(long, default_value = "1-247", value_parser = commands::probe::parse_units)]
+        units: std::vec::Vec<u8>,
+        /// Per unit id
+        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -169,6 +262,18 @@ fn main() -> ExitCode {
         },
         Command::Check { online } => match runtime() {
             Ok(rt) => rt.block_on(commands::check::run(&cli.config, online)),
+            Err(e) => e,
+        },
+        Command::Probe {
+            what: ProbeWhat::Modbus { target, unit, register, input, count, timeout },
+        } => match runtime() {
+            Ok(rt) => rt.block_on(commands::probe::probe(target.target(), unit, register, input, count, timeout)),
+            Err(e) => e,
+        },
+        Command::Scan {
+            what: ScanWhat::Modbus { target, units, timeout },
+        } => match runtime() {
+            Ok(rt) => rt.block_on(commands::probe::scan(target.target(), units, timeout)),
             Err(e) => e,
         },
         Command::Status { json, queue } => {

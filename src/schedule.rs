@@ -159,6 +159,15 @@ impl MeterSchedule {
         self.next_due = self.next_due.max(next_slot(now_ms, self.interval_ms));
     }
 
+    /// Makes the meter due at once (in the slot that contains `now_ms`), unless it is down and
+    /// its backoff slot is still ahead. Used when a lost serial port returns, so polling
+    /// resumes within seconds instead of at the next slot.
+    pub fn due_now(&mut self, now_ms: i64) {
+        if !self.is_down() {
+            self.next_due = self.next_due.min(slot_at_or_before(now_ms, self.interval_ms));
+        }
+    }
+
     /// Distance from a polled slot to the planned next one: one interval, or for a down meter
     /// 2, 4, 8 … intervals (2 after the failure that made it down), capped at
     /// min(10 × interval, 1 h) but never below one interval.
@@ -221,6 +230,26 @@ mod tests {
 
     fn minutes(m: u64) -> Duration {
         Duration::from_secs(60 * m)
+    }
+
+    #[test]
+    fn due_now_brings_a_healthy_meter_forward_but_not_a_down_one() {
+        let iv = 60_000;
+        let t0 = 1_800_000_000_000i64;
+        let mut s = MeterSchedule::new(Duration::from_millis(iv as u64), t0 + 1000);
+        s.skip(t0 + 5000);
+        s.due_now(t0 + 20_000);
+        assert_eq!(s.next_due(), t0);
+        let mut d = MeterSchedule::new(Duration::from_millis(iv as u64), t0);
+        for k in 1..=3 {
+            let slot = d.next_due();
+            d.complete(slot, false, slot + 100);
+            let _ = k;
+        }
+        assert!(d.is_down());
+        let planned = d.next_due();
+        d.due_now(planned - 1);
+        assert_eq!(d.next_due(), planned);
     }
 
     #[test]

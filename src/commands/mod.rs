@@ -5,6 +5,7 @@
 pub mod check;
 pub mod dead;
 pub mod demo;
+pub mod probe;
 pub mod profiles;
 pub mod read;
 pub mod status;

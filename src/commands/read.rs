@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::Exit;
 use crate::config::{Config, ModbusMeter};
-use crate::modbus::poll::{ChannelValue, LinkError, MeterPoller};
+use crate::modbus::poll::{ChannelValue, Link, LinkError, MeterPoller, PollResult};
+use crate::modbus::rtu::{RtuLink, SerialSettings};
 use crate::modbus::tcp::TcpLink;
 
 fn words_hex(words: &[u16]) -> String {
@@ -15,32 +16,50 @@ fn words_hex(words: &[u16]) -> String {
     w.join(" ")
 }
 
+/// Where a meter is.
+#[derive(Debug, Clone, Copy)]
+enum Where<'a> {
+    Tcp { address: &'a str },
+    Rtu { bus: usize },
+}
+
+struct Selected<'a> {
+    bus: &'a str,
+    at: Where<'a>,
+    meter: &'a ModbusMeter,
+}
+
 /// The meters named (all when none), or the names that do not exist.
-fn select<'a>(
-    config: &'a Config,
-    names: &[String],
-) -> Result<Vec<(&'a str, &'a str, &'a ModbusMeter)>, Vec<String>> {
-    let mut all: Vec<(&str, &str, &ModbusMeter)> = Vec::new();
+fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<Selected<'a>>, Vec<String>> {
+    let mut all = Vec::new();
     for b in &config.modbus_tcp {
         for m in &b.meters {
-            all.push((b.name.as_str(), b.address.as_str(), m));
+            all.push(Selected {
+                bus: b.name.as_str(),
+                at: Where::Tcp {
+                    address: b.address.as_str(),
+                },
+                meter: m,
+            });
+        }
+    }
+    for (i, b) in config.modbus_rtu.iter().enumerate() {
+        for m in &b.meters {
+            all.push(Selected {
+                bus: b.name.as_str(),
+                at: Where::Rtu { bus: i },
+                meter: m,
+            });
         }
     }
     if names.is_empty() {
         return Ok(all);
     }
-    let unknown: Vec<String> = names
-        .iter()
-        .filter(|n| !all.iter().any(|(_, _, m)| &m.name == *n))
-        .cloned()
-        .collect();
+    let unknown: Vec<String> = names.iter().filter(|n| !all.iter().any(|s| &s.meter.name == *n)).cloned().collect();
     if !unknown.is_empty() {
         return Err(unknown);
     }
-    Ok(all
-        .into_iter()
-        .filter(|(_, _, m)| names.contains(&m.name))
-        .collect())
+    Ok(all.into_iter().filter(|s| names.contains(&s.meter.name)).collect())
 }
 
 fn channel_json(m: &ModbusMeter, v: &ChannelValue) -> serde_json::Value {
@@ -93,6 +112,10 @@ fn print_channel(m: &ModbusMeter, v: &ChannelValue) {
     );
 }
 
+async fn poll_one<L: Link>(link: &mut L, meter: &ModbusMeter) -> Result<PollResult, LinkError> {
+    MeterPoller::new(meter.clone()).poll(link).await
+}
+
 pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
     let config = match super::load_config(config) {
         Ok(c) => c,
@@ -104,27 +127,35 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
             let known: Vec<&str> = config
                 .modbus_tcp
                 .iter()
-                .flat_map(|b| b.meters.iter().map(|m| m.name.as_str()))
+                .flat_map(|b| b.meters.iter())
+                .chain(config.modbus_rtu.iter().flat_map(|b| b.meters.iter()))
+                .map(|m| m.name.as_str())
                 .collect();
-            eprintln!(
-                "error: no Modbus TCP meter named {}; known: {}",
-                unknown.join(", "),
-                known.join(", ")
-            );
+            eprintln!("error: no Modbus meter named {}; known: {}", unknown.join(", "), known.join(", "));
             return Exit::Invalid;
         }
     };
-    if !config.modbus_rtu.is_empty() || !config.mbus.is_empty() {
-        eprintln!(
-            "note: Modbus RTU and M-Bus meters are not read by this version; only Modbus TCP meters are polled"
-        );
+    if !config.mbus.is_empty() {
+        eprintln!("note: M-Bus meters are not read by this version");
     }
+    // One open serial port per RTU bus, shared by its meters (one after another).
+    let mut rtu: Vec<Option<RtuLink>> = config.modbus_rtu.iter().map(|_| None).collect();
     let mut failed = 0;
     let mut out = Vec::new();
-    for (bus, address, meter) in selected {
-        let mut link = TcpLink::new(address, meter.timeout);
-        let mut poller = MeterPoller::new(meter.clone());
-        let result = poller.poll(&mut link).await;
+    for sel in selected {
+        let meter = sel.meter;
+        let (result, place) = match sel.at {
+            Where::Tcp { address } => {
+                let mut link = TcpLink::new(address, meter.timeout);
+                (poll_one(&mut link, meter).await, address.to_string())
+            }
+            Where::Rtu { bus } => {
+                let b = &config.modbus_rtu[bus];
+                let link = rtu[bus].get_or_insert_with(|| RtuLink::new(SerialSettings::from_bus(b)));
+                (poll_one(link, meter).await, b.port.display().to_string())
+            }
+        };
+        let bus = sel.bus;
         match result {
             Ok(res) => {
                 if json {
@@ -134,37 +165,31 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                         "unavailable": res.retired,
                     }));
                 } else {
-                    println!(
-                        "{bus}/{} (unit {} at {address}): {} request(s)",
-                        meter.name, meter.unit_id, res.requests
-                    );
+                    println!("{bus}/{} (unit {} at {place}): {} request(s)", meter.name, meter.unit_id, res.requests);
                     for v in &res.values {
                         print_channel(meter, v);
                     }
                     for ch in &res.retired {
-                        println!(
-                            "  channel {} not available on this meter (illegal data address)",
-                            ch + 1
-                        );
+                        println!("  channel {} not available on this meter (illegal data address)", ch + 1);
                     }
                 }
             }
             Err(e) => {
                 failed += 1;
-                let hint = match e {
-                    LinkError::Connect(_) => {
+                let hint = match (&e, sel.at) {
+                    (LinkError::Connect(_), Where::Tcp { .. }) => {
                         " (check the address and port; a meter that accepts one connection only must be read with the service stopped: systemctl stop enectiva-collector)"
                     }
-                    LinkError::Timeout => " (check the unit id and the timeout)",
+                    (LinkError::Timeout, Where::Rtu { .. }) => {
+                        " (check the unit id, baud rate, parity and the A/B wiring; `scan modbus` lists the unit ids that answer)"
+                    }
+                    (LinkError::Timeout, _) => " (check the unit id and the timeout)",
                     _ => "",
                 };
                 if json {
                     out.push(json!({"bus": bus, "meter": meter.name, "ok": false, "error": format!("{e}{hint}")}));
                 } else {
-                    println!(
-                        "{bus}/{} (unit {} at {address}): FAILED: {e}{hint}",
-                        meter.name, meter.unit_id
-                    );
+                    println!("{bus}/{} (unit {} at {place}): FAILED: {e}{hint}", meter.name, meter.unit_id);
                 }
             }
         }

@@ -5,6 +5,7 @@ pub mod bus;
 pub mod decode;
 pub mod plan;
 pub mod poll;
+pub mod rtu;
 pub mod tcp;
 
 use std::fmt;

@@ -71,6 +71,13 @@ impl fmt::Display for LinkError {
 
 impl std::error::Error for LinkError {}
 
+/// Garbage bytes and bad-CRC frames seen on a serial line (cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineErrors {
+    pub crc_errors: u64,
+    pub garbage_bytes: u64,
+}
+
 /// Something that reads registers from a unit id: a TCP connection or a serial line. It keeps
 /// at least `gap` of quiet between two transactions and resets itself after an error that
 /// leaves it in an unknown state.
@@ -84,6 +91,14 @@ pub trait Link: Send {
         gap: Duration,
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<u16>, LinkError>> + Send;
+
+    /// Opens the link again after [`LinkError::PortGone`]; Ok when it is usable.
+    fn reconnect(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
+
+    /// Line errors counted so far (zero for links without a serial line).
+    fn line_errors(&self) -> LineErrors {
+        LineErrors::default()
+    }
 }
 
 /// One channel's value from a poll.

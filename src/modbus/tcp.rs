@@ -132,4 +132,9 @@ impl Link for TcpLink {
         self.ctx = None;
         result
     }
+
+    async fn reconnect(&mut self) -> Result<(), LinkError> {
+        self.ctx = None;
+        Ok(())
+    }
 }

@@ -14,7 +14,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use crate::reading::{Kind, Reading, Series};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Counter names, in the order `status` shows them.
 pub const COUNTERS: &[&str] = &[
@@ -276,6 +276,7 @@ impl Db {
             match v {
                 0 => tx.execute_batch(SCHEMA_V1)?,
                 1 => tx.execute_batch(MIGRATE_V1_V2)?,
+                2 => tx.execute_batch(MIGRATE_V2_V3)?,
                 _ => {}
             }
             v += 1;
@@ -526,6 +527,8 @@ impl Db {
                 error: r.get(4)?,
                 failures: r.get(5)?,
                 down: r.get(6)?,
+                crc_errors: r.get(7)?,
+                garbage_bytes: r.get(8)?,
             })
         })?;
         rows.collect()
@@ -795,6 +798,12 @@ CREATE TABLE meters (
     failures INTEGER NOT NULL DEFAULT 0,
     down     INTEGER NOT NULL DEFAULT 0
 );
+";
+
+/// Version 3 counts line errors per meter (serial buses: garbage bytes, bad-CRC frames).
+const MIGRATE_V2_V3: &str = "
+ALTER TABLE meters ADD COLUMN crc_errors INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE meters ADD COLUMN garbage_bytes INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Creates a file at schema version 1 only (for the migration test).

@@ -116,6 +116,10 @@ pub struct MeterPoll {
     /// Consecutive failed slots.
     pub failures: i64,
     pub down: bool,
+    /// Serial lines: bad-CRC frames and garbage bytes seen while polling this meter (since the
+    /// daemon started).
+    pub crc_errors: i64,
+    pub garbage_bytes: i64,
 }
 
 /// A series with readings in the queue.
