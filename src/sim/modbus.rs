@@ -3,8 +3,9 @@
 //! holding and input registers, scriptable faults (exceptions, late answers, silence, refused
 //! connections) and a record of every answer it sent.
 //!
-//! It owns its listener, its connections and the simulated registers. It is used by tests and
-//! by `demo`, never by the daemon's poll path, and it must not reuse the crate's request planner
+//! It owns its listener, its connections and the simulated registers; the meter model
+//! ([`SimMeter`], and the per-unit counts and served log) is shared with the RS-485 line of
+//! [`super::rtu`]. It is used by tests and by `demo`, never by the daemon's poll path, and it must not reuse the crate's request planner
 //! or decoder (it encodes its values itself, so it can check them); the only thing it shares is
 //! the [`Table`] vocabulary. Framing is tokio-modbus's own server; nothing in here panics on
 //! network input.
@@ -40,7 +41,8 @@ pub const MAX_READ_REGISTERS: u16 = 125;
 pub const EASTRON_MAX_REGISTERS: u16 = 80;
 
 /// One unit id's registers and behaviour. Build it with [`SimMeter::new`] or
-/// [`SimMeter::sdm630`] and the `with_*` helpers, then hand it to [`SimModbus::start`].
+/// [`SimMeter::sdm630`] and the `with_*` helpers, then hand it to [`SimModbus::start`] or
+/// [`super::rtu::SimRtuBus::start`].
 ///
 /// Values are stored as 16-bit words; the `f32` helpers write two words high word first
 /// (ABCD), as Eastron meters do. Reading any register that was never written answers
@@ -331,18 +333,271 @@ impl SimMeter {
     }
 }
 
-/// One answered read, exactly as it was handed to the connection.
+/// One answered read, exactly as it was handed to the connection (TCP) or written to the
+/// line ([`super::rtu`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
-    /// When the answer was produced (after any scripted delay).
+    /// When the answer was produced (after any scripted delay); on an RTU line, when it was
+    /// written to the line.
     pub at: Instant,
-    /// Which TCP connection carried it (0, 1, … in accept order), to check reconnects.
+    /// Which TCP connection carried it (0, 1, … in accept order), to check reconnects; always
+    /// 0 on an RTU line, which has no connections.
     pub connection: u64,
     pub unit: u8,
     pub table: Table,
     pub start: u16,
     pub count: u16,
     pub words: Vec<u16>,
+}
+
+/// The unit ids behind one endpoint or line (this TCP endpoint, or the RS-485 line of
+/// [`super::rtu`]): their meters, the request counts and the served log, and the order in which
+/// a request meets them: counted first, then silence or a scripted delay ([`Units::arrive`]),
+/// then the meter's answer. Transport faults stay with the transport.
+///
+/// The state lock is never held across an await.
+pub(crate) struct Units {
+    state: Mutex<State>,
+    requests_tx: watch::Sender<u64>,
+    served_tx: watch::Sender<u64>,
+}
+
+struct State {
+    meters: HashMap<u8, SimMeter>,
+    requests: u64,
+    requests_by_unit: HashMap<u8, u64>,
+    served: Vec<Served>,
+}
+
+/// What to do with a request that just arrived.
+pub(crate) enum Arrival {
+    Silent,
+    Answer { delay: Option<Duration> },
+}
+
+/// A meter's words for one read, before they go out.
+pub(crate) struct Read {
+    pub(crate) unit: u8,
+    pub(crate) table: Table,
+    pub(crate) start: u16,
+    pub(crate) count: u16,
+    pub(crate) words: Vec<u16>,
+}
+
+impl Read {
+    pub(crate) fn response(&self) -> Response {
+        match self.table {
+            Table::Holding => Response::ReadHoldingRegisters(self.words.clone()),
+            Table::Input => Response::ReadInputRegisters(self.words.clone()),
+        }
+    }
+
+    pub(crate) fn served(self, connection: u64, at: Instant) -> Served {
+        Served {
+            at,
+            connection,
+            unit: self.unit,
+            table: self.table,
+            start: self.start,
+            count: self.count,
+            words: self.words,
+        }
+    }
+}
+
+impl Units {
+    /// Two meters with the same unit id are refused (`InvalidInput`).
+    pub(crate) fn new(meters: Vec<SimMeter>) -> io::Result<Units> {
+        let mut by_unit = HashMap::new();
+        for meter in meters {
+            let unit = meter.unit;
+            if by_unit.insert(unit, meter).is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("two simulated meters with unit id {unit}"),
+                ));
+            }
+        }
+        Ok(Units {
+            state: Mutex::new(State {
+                meters: by_unit,
+                requests: 0,
+                requests_by_unit: HashMap::new(),
+                served: Vec::new(),
+            }),
+            requests_tx: watch::Sender::new(0),
+            served_tx: watch::Sender::new(0),
+        })
+    }
+
+    /// A panic elsewhere must not wedge tests, so a poisoned lock is taken over.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the request, then decides on silence and takes any scripted delay.
+    pub(crate) fn arrive(&self, unit: u8) -> Arrival {
+        let mut state = self.lock();
+        state.requests += 1;
+        *state.requests_by_unit.entry(unit).or_insert(0) += 1;
+        self.requests_tx.send_replace(state.requests);
+        match state.meters.get_mut(&unit) {
+            None => Arrival::Silent,
+            Some(meter) if meter.silent => Arrival::Silent,
+            Some(meter) => Arrival::Answer {
+                delay: meter.take_delay(),
+            },
+        }
+    }
+
+    /// The meter's answer, recorded as served at once (the TCP endpoint hands it to its
+    /// connection right away). `Ok(None)`: no such meter, stay silent.
+    pub(crate) fn answer_now(
+        &self,
+        unit: u8,
+        request: &Request<'_>,
+        connection: u64,
+    ) -> Result<Option<Response>, ExceptionCode> {
+        let mut state = self.lock();
+        let Some(read) = read_locked(&mut state, unit, request)? else {
+            return Ok(None);
+        };
+        let response = read.response();
+        state.served.push(read.served(connection, Instant::now()));
+        // Sent under the lock so the watched count never goes backwards between connections.
+        self.served_tx.send_replace(state.served.len() as u64);
+        Ok(Some(response))
+    }
+
+    /// The meter's answer (its counters grow now), for a transport that records it with
+    /// [`Units::record`] once it is really on the wire. `Ok(None)`: no such meter.
+    pub(crate) fn answer_later(
+        &self,
+        unit: u8,
+        request: &Request<'_>,
+    ) -> Result<Option<Read>, ExceptionCode> {
+        read_locked(&mut self.lock(), unit, request)
+    }
+
+    pub(crate) fn record(&self, served: Served) {
+        let mut state = self.lock();
+        state.served.push(served);
+        self.served_tx.send_replace(state.served.len() as u64);
+    }
+
+    pub(crate) fn has(&self, unit: u8) -> bool {
+        self.lock().meters.contains_key(&unit)
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+
+    pub(crate) fn requests_for(&self, unit: u8) -> u64 {
+        self.lock()
+            .requests_by_unit
+            .get(&unit)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn served(&self) -> Vec<Served> {
+        self.lock().served.clone()
+    }
+
+    pub(crate) async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
+        wait_count(&self.requests_tx, n, timeout).await
+    }
+
+    pub(crate) async fn wait_served(&self, n: u64, timeout: Duration) -> bool {
+        wait_count(&self.served_tx, n, timeout).await
+    }
+
+    pub(crate) fn set_f32(&self, unit: u8, table: Table, addr: u16, v: f32) {
+        self.with_meter(unit, |meter| meter.write(table, addr, &f32_words(v)));
+    }
+
+    pub(crate) fn set_words(&self, unit: u8, table: Table, addr: u16, words: &[u16]) {
+        self.with_meter(unit, |meter| meter.write(table, addr, words));
+    }
+
+    pub(crate) fn words(&self, unit: u8, table: Table, addr: u16, count: u16) -> Option<Vec<u16>> {
+        self.lock().meters.get(&unit)?.words(table, addr, count)
+    }
+
+    pub(crate) fn f32_at(&self, unit: u8, table: Table, addr: u16) -> Option<f32> {
+        self.lock().meters.get(&unit)?.f32_at(table, addr)
+    }
+
+    pub(crate) fn delay_next(&self, unit: u8, n: usize, delay: Duration) {
+        if n > 0 {
+            self.with_meter(unit, |meter| meter.delays.push_back((n, delay)));
+        }
+    }
+
+    pub(crate) fn exception(
+        &self,
+        unit: u8,
+        table: Table,
+        start: u16,
+        count: u16,
+        code: ExceptionCode,
+    ) {
+        let start = u32::from(start);
+        self.with_meter(unit, |meter| {
+            meter.exceptions.push(ScriptedException {
+                table,
+                start,
+                end: start + u32::from(count),
+                code,
+            });
+        });
+    }
+
+    pub(crate) fn clear_exceptions(&self, unit: u8) {
+        self.with_meter(unit, |meter| meter.exceptions.clear());
+    }
+
+    pub(crate) fn max_registers(&self, unit: u8, max: u16) {
+        self.with_meter(unit, |meter| meter.max_registers = Some(max));
+    }
+
+    pub(crate) fn set_silent(&self, unit: u8, silent: bool) {
+        self.with_meter(unit, |meter| meter.silent = silent);
+    }
+
+    /// Setters for a unit id nobody answers to change nothing but say so.
+    fn with_meter(&self, unit: u8, change: impl FnOnce(&mut SimMeter)) {
+        match self.lock().meters.get_mut(&unit) {
+            Some(meter) => change(meter),
+            None => tracing::warn!(unit, "simulated Modbus: no meter with this unit id"),
+        }
+    }
+}
+
+/// Function code, then the meter's checks. A meter cannot disappear (there is no API for it),
+/// but silence is the safe answer if it did.
+fn read_locked(
+    state: &mut State,
+    unit: u8,
+    request: &Request<'_>,
+) -> Result<Option<Read>, ExceptionCode> {
+    let (table, start, count) = match *request {
+        Request::ReadHoldingRegisters(start, count) => (Table::Holding, start, count),
+        Request::ReadInputRegisters(start, count) => (Table::Input, start, count),
+        _ => return Err(ExceptionCode::IllegalFunction),
+    };
+    let Some(meter) = state.meters.get_mut(&unit) else {
+        return Ok(None);
+    };
+    let words = meter.read(table, start, count)?;
+    Ok(Some(Read {
+        unit,
+        table,
+        start,
+        count,
+        words,
+    }))
 }
 
 /// A running endpoint on `127.0.0.1`. Clones share it; it stops with [`SimModbus::stop`] or
@@ -378,29 +633,13 @@ impl SimModbus {
     /// Binds `127.0.0.1:0` and serves `meters`; two meters with the same unit id are refused
     /// (`InvalidInput`).
     pub async fn start(meters: Vec<SimMeter>) -> io::Result<SimModbus> {
-        let mut by_unit = HashMap::new();
-        for meter in meters {
-            let unit = meter.unit;
-            if by_unit.insert(unit, meter).is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("two simulated meters with unit id {unit}"),
-                ));
-            }
-        }
+        let units = Units::new(meters)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let root = CancellationToken::new();
         let shared = Arc::new(Shared {
             addr,
-            state: Mutex::new(State {
-                meters: by_unit,
-                requests: 0,
-                requests_by_unit: HashMap::new(),
-                served: Vec::new(),
-            }),
-            requests_tx: watch::Sender::new(0),
-            served_tx: watch::Sender::new(0),
+            units,
             connections: AtomicU64::new(0),
             root: root.clone(),
             control: tokio::sync::Mutex::new(Control {
@@ -424,22 +663,17 @@ impl SimModbus {
     /// Requests received so far, for all unit ids (known or not) and function codes, counted
     /// on arrival, before any fault handling.
     pub fn requests(&self) -> u64 {
-        self.shared.lock().requests
+        self.shared.units.requests()
     }
 
     /// Requests received so far for unit id `unit`.
     pub fn requests_for(&self, unit: u8) -> u64 {
-        self.shared
-            .lock()
-            .requests_by_unit
-            .get(&unit)
-            .copied()
-            .unwrap_or(0)
+        self.shared.units.requests_for(unit)
     }
 
     /// Every answered read in the order answered (exceptions and silence are not recorded).
     pub fn served(&self) -> Vec<Served> {
-        self.shared.lock().served.clone()
+        self.shared.units.served()
     }
 
     /// TCP connections accepted so far (a client that reconnects raises this).
@@ -449,38 +683,34 @@ impl SimModbus {
 
     /// Waits until at least `n` requests arrived, at most `timeout`; false on timeout.
     pub async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
-        wait_count(&self.shared.requests_tx, n, timeout).await
+        self.shared.units.wait_requests(n, timeout).await
     }
 
     /// Waits until at least `n` reads were answered, at most `timeout`; false on timeout.
     pub async fn wait_served(&self, n: u64, timeout: Duration) -> bool {
-        wait_count(&self.shared.served_tx, n, timeout).await
+        self.shared.units.wait_served(n, timeout).await
     }
 
     /// Sets the f32 at `addr` (high word first). Like every setter here, it does nothing but
     /// log a warning for a unit id the endpoint does not serve.
     pub fn set_f32(&self, unit: u8, table: Table, addr: u16, v: f32) {
-        self.with_meter(unit, |meter| meter.write(table, addr, &f32_words(v)));
+        self.shared.units.set_f32(unit, table, addr, v);
     }
 
     /// Sets (and maps) consecutive registers from `addr`.
     pub fn set_words(&self, unit: u8, table: Table, addr: u16, words: &[u16]) {
-        self.with_meter(unit, |meter| meter.write(table, addr, words));
+        self.shared.units.set_words(unit, table, addr, words);
     }
 
     /// The current words, without counting a request or growing a counter; `None` for an
     /// unknown unit or if any register is unmapped.
     pub fn words(&self, unit: u8, table: Table, addr: u16, count: u16) -> Option<Vec<u16>> {
-        self.shared
-            .lock()
-            .meters
-            .get(&unit)?
-            .words(table, addr, count)
+        self.shared.units.words(unit, table, addr, count)
     }
 
     /// The current f32 at `addr` (high word first), as [`SimModbus::words`].
     pub fn f32_at(&self, unit: u8, table: Table, addr: u16) -> Option<f32> {
-        self.shared.lock().meters.get(&unit)?.f32_at(table, addr)
+        self.shared.units.f32_at(unit, table, addr)
     }
 
     /// The next `n` requests for `unit` that get an answer are answered `delay` late (after
@@ -488,39 +718,29 @@ impl SimModbus {
     /// recorded as served: a client that timed out and kept its connection reads it as the
     /// answer to its next request.
     pub fn delay_next(&self, unit: u8, n: usize, delay: Duration) {
-        if n > 0 {
-            self.with_meter(unit, |meter| meter.delays.push_back((n, delay)));
-        }
+        self.shared.units.delay_next(unit, n, delay);
     }
 
     /// From now on, any read of `table` overlapping `count` registers from `start` answers
     /// `code` (e.g. `IllegalDataAddress` for "merged request too large", `ServerDeviceBusy`).
     pub fn exception(&self, unit: u8, table: Table, start: u16, count: u16, code: ExceptionCode) {
-        let start = u32::from(start);
-        self.with_meter(unit, |meter| {
-            meter.exceptions.push(ScriptedException {
-                table,
-                start,
-                end: start + u32::from(count),
-                code,
-            });
-        });
+        self.shared.units.exception(unit, table, start, count, code);
     }
 
     /// Removes every range set with [`SimModbus::exception`] for `unit`.
     pub fn clear_exceptions(&self, unit: u8) {
-        self.with_meter(unit, |meter| meter.exceptions.clear());
+        self.shared.units.clear_exceptions(unit);
     }
 
     /// Requests for more than `max` registers answer exception 02 from now on.
     pub fn max_registers(&self, unit: u8, max: u16) {
-        self.with_meter(unit, |meter| meter.max_registers = Some(max));
+        self.shared.units.max_registers(unit, max);
     }
 
     /// A silent unit gets no answer at all (the client times out); nothing late is queued, so
     /// a client that kept its connection gets correct answers once the unit speaks again.
     pub fn set_silent(&self, unit: u8, silent: bool) {
-        self.with_meter(unit, |meter| meter.silent = silent);
+        self.shared.units.set_silent(unit, silent);
     }
 
     /// `true`: the listener and every open connection (including one waiting for a late
@@ -555,13 +775,6 @@ impl SimModbus {
             generation.shut().await;
         }
     }
-
-    fn with_meter(&self, unit: u8, change: impl FnOnce(&mut SimMeter)) {
-        match self.shared.lock().meters.get_mut(&unit) {
-            Some(meter) => change(meter),
-            None => tracing::warn!(unit, "simulated Modbus: no meter with this unit id"),
-        }
-    }
 }
 
 async fn wait_count<T: Copy + PartialOrd>(
@@ -578,88 +791,28 @@ async fn wait_count<T: Copy + PartialOrd>(
 
 struct Shared {
     addr: SocketAddr,
-    state: Mutex<State>,
-    requests_tx: watch::Sender<u64>,
-    served_tx: watch::Sender<u64>,
+    units: Units,
     connections: AtomicU64,
     root: CancellationToken,
     /// Serialises `set_refusing` and `stop`; held across the awaits of closing and rebinding.
     control: tokio::sync::Mutex<Control>,
 }
 
-struct State {
-    meters: HashMap<u8, SimMeter>,
-    requests: u64,
-    requests_by_unit: HashMap<u8, u64>,
-    served: Vec<Served>,
-}
-
-/// What to do with a request that just arrived.
-enum Arrival {
-    Silent,
-    Answer { delay: Option<Duration> },
-}
-
 impl Shared {
-    /// The state lock is never held across an await; a panic elsewhere must not wedge tests.
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     async fn handle(
         &self,
         connection: u64,
         request: SlaveRequest<'static>,
     ) -> Result<Option<Response>, ExceptionCode> {
         let unit = request.slave;
-        let delay = match self.arrive(unit) {
+        let delay = match self.units.arrive(unit) {
             Arrival::Silent => return Ok(None),
             Arrival::Answer { delay } => delay,
         };
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        let (table, start, count) = match request.request {
-            Request::ReadHoldingRegisters(start, count) => (Table::Holding, start, count),
-            Request::ReadInputRegisters(start, count) => (Table::Input, start, count),
-            _ => return Err(ExceptionCode::IllegalFunction),
-        };
-        let mut state = self.lock();
-        // A meter cannot disappear (there is no API for it), but silence is the safe answer.
-        let Some(meter) = state.meters.get_mut(&unit) else {
-            return Ok(None);
-        };
-        let words = meter.read(table, start, count)?;
-        state.served.push(Served {
-            at: Instant::now(),
-            connection,
-            unit,
-            table,
-            start,
-            count,
-            words: words.clone(),
-        });
-        // Sent under the lock so the watched count never goes backwards between connections.
-        self.served_tx.send_replace(state.served.len() as u64);
-        Ok(Some(match table {
-            Table::Holding => Response::ReadHoldingRegisters(words),
-            Table::Input => Response::ReadInputRegisters(words),
-        }))
-    }
-
-    /// Counts the request, then decides on silence and takes any scripted delay.
-    fn arrive(&self, unit: u8) -> Arrival {
-        let mut state = self.lock();
-        state.requests += 1;
-        *state.requests_by_unit.entry(unit).or_insert(0) += 1;
-        self.requests_tx.send_replace(state.requests);
-        match state.meters.get_mut(&unit) {
-            None => Arrival::Silent,
-            Some(meter) if meter.silent => Arrival::Silent,
-            Some(meter) => Arrival::Answer {
-                delay: meter.take_delay(),
-            },
-        }
+        self.units.answer_now(unit, &request.request, connection)
     }
 }
 
