@@ -84,7 +84,13 @@ pub async fn run_with(
     }
     for bus in &config.modbus_rtu {
         let link = RtuLink::new(SerialSettings::from_bus(bus));
-        tracker.spawn(run_bus(bus.name.clone(), link, bus.meters.clone(), ctx.clone(), tasks.child_token()));
+        tracker.spawn(run_bus(
+            bus.name.clone(),
+            link,
+            bus.meters.clone(),
+            ctx.clone(),
+            tasks.child_token(),
+        ));
     }
     if !config.mbus.is_empty() {
         tracing::warn!(
@@ -93,8 +99,16 @@ pub async fn run_with(
         );
     }
     tracker.close();
-    let meters: usize = config.modbus_tcp.iter().map(|b| b.meters.len()).sum::<usize>()
-        + config.modbus_rtu.iter().map(|b| b.meters.len()).sum::<usize>();
+    let meters: usize = config
+        .modbus_tcp
+        .iter()
+        .map(|b| b.meters.len())
+        .sum::<usize>()
+        + config
+            .modbus_rtu
+            .iter()
+            .map(|b| b.meters.len())
+            .sum::<usize>();
     tracing::info!(
         buses = config.modbus_tcp.len() + config.modbus_rtu.len(),
         meters,

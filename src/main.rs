@@ -108,7 +108,13 @@ impl ModbusTarget {
     fn target(&self) -> commands::probe::Target {
         match (&self.tcp, &self.port) {
             (Some(t), _) => commands::probe::Target::Tcp(t.clone()),
-            (None, Some(p)) => commands::probe::Target::serial(p.clone(), self.baud, self.parity, self.data_bits, self.stop_bits),
+            (None, Some(p)) => commands::probe::Target::serial(
+                p.clone(),
+                self.baud,
+                self.parity,
+                self.data_bits,
+                self.stop_bits,
+            ),
             // clap's required group guarantees one of them.
             (None, None) => commands::probe::Target::Tcp(String::new()),
         }
@@ -265,13 +271,33 @@ fn main() -> ExitCode {
             Err(e) => e,
         },
         Command::Probe {
-            what: ProbeWhat::Modbus { target, unit, register, input, count, timeout },
+            what:
+                ProbeWhat::Modbus {
+                    target,
+                    unit,
+                    register,
+                    input,
+                    count,
+                    timeout,
+                },
         } => match runtime() {
-            Ok(rt) => rt.block_on(commands::probe::probe(target.target(), unit, register, input, count, timeout)),
+            Ok(rt) => rt.block_on(commands::probe::probe(
+                target.target(),
+                unit,
+                register,
+                input,
+                count,
+                timeout,
+            )),
             Err(e) => e,
         },
         Command::Scan {
-            what: ScanWhat::Modbus { target, units, timeout },
+            what:
+                ScanWhat::Modbus {
+                    target,
+                    units,
+                    timeout,
+                },
         } => match runtime() {
             Ok(rt) => rt.block_on(commands::probe::scan(target.target(), units, timeout)),
             Err(e) => e,

@@ -164,7 +164,9 @@ impl MeterSchedule {
     /// resumes within seconds instead of at the next slot.
     pub fn due_now(&mut self, now_ms: i64) {
         if !self.is_down() {
-            self.next_due = self.next_due.min(slot_at_or_before(now_ms, self.interval_ms));
+            self.next_due = self
+                .next_due
+                .min(slot_at_or_before(now_ms, self.interval_ms));
         }
     }
 

@@ -1,5 +1,6 @@
 //! `demo [--seconds N]`: the real pipeline — config validation, bus tasks, the durable queue and
-//! the sender — against built-in simulated meters and the built-in stand-in of the Enectiva
+//! the sender — against built-in simulated meters (a Modbus TCP meter, and two Modbus RTU meters
+//! on an RS-485 line emulated on a pseudo-terminal) and the built-in stand-in of the Enectiva
 //! API, all on loopback with a temporary queue. Prints each delivery as the stand-in accepts
 //! it, then a summary. Needs no hardware, no network and no configuration.
 
@@ -12,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use super::Exit;
 use crate::app;
 use crate::config::Config;
+use crate::modbus::Table;
 use crate::queue::QueueOptions;
 use crate::sender::SenderSettings;
 use crate::sim::api::StandIn;
 use crate::sim::modbus::{SimMeter, SimModbus};
+use crate::sim::rtu::{LineTiming, SimRtuBus};
 
 const CUSTOMER: &str = "5d0c1a7e-9b3f-4c2d-8e6a-1f2b3c4d5e6f";
 const TOKEN: &str = "demo-token";
@@ -31,7 +34,12 @@ fn temp_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-fn config_text(api: &str, dir: &std::path::Path, tcp: std::net::SocketAddr) -> String {
+fn config_text(
+    api: &str,
+    dir: &std::path::Path,
+    tcp: std::net::SocketAddr,
+    rtu: &std::path::Path,
+) -> String {
     format!(
         r#"# The configuration the demo runs with (validated like any other).
 [api]
@@ -61,9 +69,38 @@ timeout = "500ms"
     {{ quantity = "voltage_l1", import_id = "DEMO_U1", unit = "V", kind = "data_point" }},
     {{ quantity = "frequency", import_id = "DEMO_FREQ", unit = "Hz", kind = "data_point" }},
   ]
+
+[[modbus_rtu]]
+name = "demo-rs485"
+port = "{rtu}"
+baud = 9600
+parity = "even"
+timeout = "500ms"
+delay = "0ms"
+
+  [[modbus_rtu.meter]]
+  name = "sub-1"
+  unit_id = 1
+  interval = "2s"
+  profile = "eastron-sdm630"
+  channels = [
+    {{ quantity = "import_energy_total", import_id = "RTU1_IMPORT", unit = "kWh" }},
+    {{ quantity = "active_power_total", import_id = "RTU1_POWER", unit = "kW", kind = "data_point" }},
+  ]
+
+  [[modbus_rtu.meter]]
+  name = "sub-2"
+  unit_id = 2
+  interval = "2s"
+  profile = "eastron-sdm630"
+  channels = [
+    {{ quantity = "import_energy_total", import_id = "RTU2_IMPORT", unit = "kWh" }},
+    {{ quantity = "voltage_l1", import_id = "RTU2_U1", unit = "V", kind = "data_point" }},
+  ]
 "#,
         token = dir.join("token").display(),
         queue = dir.join("queue.db").display(),
+        rtu = rtu.display(),
     )
 }
 
@@ -95,11 +132,28 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
             return Exit::Failure;
         }
     };
+    // An RS-485 line on a pseudo-terminal, with the wire time of 9600 baud 8E1 emulated.
+    let timing = LineTiming {
+        baud: 9600,
+        bits_per_char: 11,
+        latency: Duration::from_millis(5),
+    };
+    let meters = vec![
+        SimMeter::sdm630(1),
+        SimMeter::sdm630(2).with_f32(Table::Input, 0x0048, 52_117.5),
+    ];
+    let rtu = match SimRtuBus::start(meters, Some(timing)).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the simulated RS-485 line: {e}");
+            return Exit::Failure;
+        }
+    };
     if let Err(e) = std::fs::write(dir.join("token"), TOKEN) {
         eprintln!("error: cannot write the demo token: {e}");
         return Exit::Failure;
     }
-    let text = config_text(&api.base_url(), dir, tcp.addr());
+    let text = config_text(&api.base_url(), dir, tcp.addr(), &rtu.path());
     let config = match Config::parse(&text, &dir.join("config.toml")) {
         Ok(c) => c,
         Err(e) => {
@@ -120,6 +174,10 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
     println!(
         "  Modbus TCP meter       {} (simulated Eastron SDM630, unit 1, read every 2 s)",
         tcp.addr()
+    );
+    println!(
+        "  Modbus RTU line         {} (two simulated SDM630s, units 1 and 2, 9600 baud 8E1 wire time emulated)",
+        rtu.path().display()
     );
     println!(
         "  queue                  {}",
@@ -177,10 +235,11 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
         e.1 = format!("{} {}", a.raw_value, a.unit.unwrap_or_default());
     }
     println!(
-        "summary: {} readings delivered in {:.1} s, {} Modbus requests",
+        "summary: {} readings delivered in {:.1} s, {} Modbus TCP and {} Modbus RTU requests",
         api.accepted_count(),
         started.elapsed().as_secs_f64(),
-        tcp.requests()
+        tcp.requests(),
+        rtu.requests()
     );
     let mut missing = Vec::new();
     for ch in &channels {
@@ -193,6 +252,7 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
         }
     }
     tcp.stop().await;
+    rtu.close().await;
     api.stop().await;
     if missing.is_empty() {
         println!(

@@ -23,7 +23,13 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn serial(port: PathBuf, baud: u32, parity: Parity, data_bits: u8, stop_bits: u8) -> Target {
+    pub fn serial(
+        port: PathBuf,
+        baud: u32,
+        parity: Parity,
+        data_bits: u8,
+        stop_bits: u8,
+    ) -> Target {
         Target::Serial(SerialSettings {
             path: port,
             baud,
@@ -71,8 +77,12 @@ pub fn parse_units(s: &str) -> Result<Vec<u8>, String> {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let a: u8 = a.parse().map_err(|_| format!("`{part}` is not a unit id range (0–255)"))?;
-        let b: u8 = b.parse().map_err(|_| format!("`{part}` is not a unit id range (0–255)"))?;
+        let a: u8 = a
+            .parse()
+            .map_err(|_| format!("`{part}` is not a unit id range (0–255)"))?;
+        let b: u8 = b
+            .parse()
+            .map_err(|_| format!("`{part}` is not a unit id range (0–255)"))?;
         if a > b {
             return Err(format!("`{part}`: the range is reversed"));
         }
@@ -83,19 +93,54 @@ pub fn parse_units(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-async fn read_with<L: Link>(link: &mut L, unit: u8, table: Table, start: u16, count: u16, timeout: Duration) -> Result<Vec<u16>, LinkError> {
-    link.read(unit, table, start, count, Duration::ZERO, timeout).await
+async fn read_with<L: Link>(
+    link: &mut L,
+    unit: u8,
+    table: Table,
+    start: u16,
+    count: u16,
+    timeout: Duration,
+) -> Result<Vec<u16>, LinkError> {
+    link.read(unit, table, start, count, Duration::ZERO, timeout)
+        .await
 }
 
-pub async fn probe(target: Target, unit: u8, register: u16, input: bool, count: u16, timeout: Duration) -> Exit {
+pub async fn probe(
+    target: Target,
+    unit: u8,
+    register: u16,
+    input: bool,
+    count: u16,
+    timeout: Duration,
+) -> Exit {
     if ![1, 2, 4].contains(&count) {
         eprintln!("error: --count must be 1, 2 or 4");
         return Exit::Invalid;
     }
     let table = if input { Table::Input } else { Table::Holding };
     let result = match &target {
-        Target::Tcp(a) => read_with(&mut TcpLink::new(a.clone(), timeout), unit, table, register, count, timeout).await,
-        Target::Serial(s) => read_with(&mut RtuLink::new(s.clone()), unit, table, register, count, timeout).await,
+        Target::Tcp(a) => {
+            read_with(
+                &mut TcpLink::new(a.clone(), timeout),
+                unit,
+                table,
+                register,
+                count,
+                timeout,
+            )
+            .await
+        }
+        Target::Serial(s) => {
+            read_with(
+                &mut RtuLink::new(s.clone()),
+                unit,
+                table,
+                register,
+                count,
+                timeout,
+            )
+            .await
+        }
     };
     let words = match result {
         Ok(w) => w,
@@ -105,7 +150,9 @@ pub async fn probe(target: Target, unit: u8, register: u16, input: bool, count: 
                 target.describe()
             );
             if let LinkError::Exception(_) = e {
-                eprintln!("hint: try the other table (--input reads input registers, FC4) or a register from the meter's manual minus 1");
+                eprintln!(
+                    "hint: try the other table (--input reads input registers, FC4) or a register from the meter's manual minus 1"
+                );
             }
             return Exit::Failure;
         }
@@ -120,7 +167,10 @@ pub async fn probe(target: Target, unit: u8, register: u16, input: bool, count: 
         let hint = i.hint.map(|h| format!("   ← {h}")).unwrap_or_default();
         println!("  {:<10} {:>24}{hint}", i.name, i.value);
     }
-    let likely: Vec<_> = interpretations(&words).into_iter().filter(|i| i.hint.is_some()).collect();
+    let likely: Vec<_> = interpretations(&words)
+        .into_iter()
+        .filter(|i| i.hint.is_some())
+        .collect();
     for i in likely.iter().take(3) {
         let mut parts = i.name.split_whitespace();
         let ty = parts.next().unwrap_or("u16");
@@ -132,15 +182,37 @@ pub async fn probe(target: Target, unit: u8, register: u16, input: bool, count: 
     Exit::Ok
 }
 
-async fn scan_with<L: Link>(link: &mut L, units: &[u8], timeout: Duration, label: &str) -> Vec<(u8, String)> {
+async fn scan_with<L: Link>(
+    link: &mut L,
+    units: &[u8],
+    timeout: Duration,
+    label: &str,
+) -> Vec<(u8, String)> {
     let mut found = Vec::new();
     let mut err = std::io::stderr();
     for (n, &unit) in units.iter().enumerate() {
-        let _ = write!(err, "\rscanning {label}: unit {unit:>3} ({}/{}), {} found   ", n + 1, units.len(), found.len());
+        let _ = write!(
+            err,
+            "\rscanning {label}: unit {unit:>3} ({}/{}), {} found   ",
+            n + 1,
+            units.len(),
+            found.len()
+        );
         let _ = err.flush();
-        match link.read(unit, Table::Holding, 0, 1, Duration::ZERO, timeout).await {
-            Ok(w) => found.push((unit, format!("answers (holding 0x0000 = 0x{:04X})", w.first().copied().unwrap_or(0)))),
-            Err(LinkError::Exception(c)) => found.push((unit, format!("answers (exception: {})", exception_name(c)))),
+        match link
+            .read(unit, Table::Holding, 0, 1, Duration::ZERO, timeout)
+            .await
+        {
+            Ok(w) => found.push((
+                unit,
+                format!(
+                    "answers (holding 0x0000 = 0x{:04X})",
+                    w.first().copied().unwrap_or(0)
+                ),
+            )),
+            Err(LinkError::Exception(c)) => {
+                found.push((unit, format!("answers (exception: {})", exception_name(c))))
+            }
             Err(LinkError::PortGone(e)) | Err(LinkError::Connect(e)) => {
                 let _ = writeln!(err);
                 eprintln!("error: {e}");
@@ -149,14 +221,28 @@ async fn scan_with<L: Link>(link: &mut L, units: &[u8], timeout: Duration, label
             Err(_) => {}
         }
     }
-    let _ = writeln!(err, "\rscanned {label}: {} unit ids, {} answered{}", units.len(), found.len(), " ".repeat(20));
+    let _ = writeln!(
+        err,
+        "\rscanned {label}: {} unit ids, {} answered{}",
+        units.len(),
+        found.len(),
+        " ".repeat(20)
+    );
     found
 }
 
 pub async fn scan(target: Target, units: Vec<u8>, timeout: Duration) -> Exit {
     let label = target.describe();
     let found = match &target {
-        Target::Tcp(a) => scan_with(&mut TcpLink::new(a.clone(), timeout), &units, timeout, &label).await,
+        Target::Tcp(a) => {
+            scan_with(
+                &mut TcpLink::new(a.clone(), timeout),
+                &units,
+                timeout,
+                &label,
+            )
+            .await
+        }
         Target::Serial(s) => scan_with(&mut RtuLink::new(s.clone()), &units, timeout, &label).await,
     };
     for (unit, what) in &found {

@@ -55,11 +55,18 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<Selected<'a>>,
     if names.is_empty() {
         return Ok(all);
     }
-    let unknown: Vec<String> = names.iter().filter(|n| !all.iter().any(|s| &s.meter.name == *n)).cloned().collect();
+    let unknown: Vec<String> = names
+        .iter()
+        .filter(|n| !all.iter().any(|s| &s.meter.name == *n))
+        .cloned()
+        .collect();
     if !unknown.is_empty() {
         return Err(unknown);
     }
-    Ok(all.into_iter().filter(|s| names.contains(&s.meter.name)).collect())
+    Ok(all
+        .into_iter()
+        .filter(|s| names.contains(&s.meter.name))
+        .collect())
 }
 
 fn channel_json(m: &ModbusMeter, v: &ChannelValue) -> serde_json::Value {
@@ -131,7 +138,11 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                 .chain(config.modbus_rtu.iter().flat_map(|b| b.meters.iter()))
                 .map(|m| m.name.as_str())
                 .collect();
-            eprintln!("error: no Modbus meter named {}; known: {}", unknown.join(", "), known.join(", "));
+            eprintln!(
+                "error: no Modbus meter named {}; known: {}",
+                unknown.join(", "),
+                known.join(", ")
+            );
             return Exit::Invalid;
         }
     };
@@ -151,7 +162,8 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
             }
             Where::Rtu { bus } => {
                 let b = &config.modbus_rtu[bus];
-                let link = rtu[bus].get_or_insert_with(|| RtuLink::new(SerialSettings::from_bus(b)));
+                let link =
+                    rtu[bus].get_or_insert_with(|| RtuLink::new(SerialSettings::from_bus(b)));
                 (poll_one(link, meter).await, b.port.display().to_string())
             }
         };
@@ -165,12 +177,18 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                         "unavailable": res.retired,
                     }));
                 } else {
-                    println!("{bus}/{} (unit {} at {place}): {} request(s)", meter.name, meter.unit_id, res.requests);
+                    println!(
+                        "{bus}/{} (unit {} at {place}): {} request(s)",
+                        meter.name, meter.unit_id, res.requests
+                    );
                     for v in &res.values {
                         print_channel(meter, v);
                     }
                     for ch in &res.retired {
-                        println!("  channel {} not available on this meter (illegal data address)", ch + 1);
+                        println!(
+                            "  channel {} not available on this meter (illegal data address)",
+                            ch + 1
+                        );
                     }
                 }
             }
@@ -189,7 +207,10 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                 if json {
                     out.push(json!({"bus": bus, "meter": meter.name, "ok": false, "error": format!("{e}{hint}")}));
                 } else {
-                    println!("{bus}/{} (unit {} at {place}): FAILED: {e}{hint}", meter.name, meter.unit_id);
+                    println!(
+                        "{bus}/{} (unit {} at {place}): FAILED: {e}{hint}",
+                        meter.name, meter.unit_id
+                    );
                 }
             }
         }

@@ -113,8 +113,16 @@ pub fn run(queue_path: &Path, json: bool) -> Exit {
                     m.error.as_deref().unwrap_or("?")
                 )
             };
+            let line = if m.crc_errors > 0 || m.garbage_bytes > 0 {
+                format!(
+                    " (line noise: {} bad CRC, {} garbage bytes)",
+                    m.crc_errors, m.garbage_bytes
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "  {}/{}: {} ago, {result}",
+                "  {}/{}: {} ago, {result}{line}",
                 m.bus,
                 m.meter,
                 age(now - m.time)

@@ -106,7 +106,11 @@ pub async fn run_bus<L: Link>(
             continue;
         }
         let now = clock::now_ms();
-        let next = meters.iter().map(|m| m.schedule.next_due()).min().unwrap_or(now);
+        let next = meters
+            .iter()
+            .map(|m| m.schedule.next_due())
+            .min()
+            .unwrap_or(now);
         if next > now {
             let wait = Duration::from_millis(u64::try_from(next - now).unwrap_or(0)).min(MAX_SLEEP);
             tokio::select! {
@@ -139,7 +143,9 @@ pub async fn run_bus<L: Link>(
             continue;
         }
         // Every meter due now, earliest slot first, one after another.
-        let mut due: Vec<usize> = (0..meters.len()).filter(|i| meters[*i].schedule.next_due() <= now).collect();
+        let mut due: Vec<usize> = (0..meters.len())
+            .filter(|i| meters[*i].schedule.next_due() <= now)
+            .collect();
         due.sort_by_key(|i| (meters[*i].schedule.next_due(), *i));
         for i in due {
             if shutdown.is_cancelled() {
@@ -174,7 +180,14 @@ pub async fn run_bus<L: Link>(
                     m.missed = true;
                 }
                 let m = &meters[i];
-                record(&ctx.queue, &bus, m, done, false, Some(format!("serial port gone: {e}")));
+                record(
+                    &ctx.queue,
+                    &bus,
+                    m,
+                    done,
+                    false,
+                    Some(format!("serial port gone: {e}")),
+                );
                 break;
             }
             poll_done(&bus, m, slot, outcome, done, synced, &ctx.queue, &mut logs).await;
@@ -266,7 +279,9 @@ async fn poll_done(
             error = error.as_deref().unwrap_or(""),
             "meter not answering; retrying on schedule (repeats are not logged)"
         ),
-        Transition::WentDown => tracing::debug!(bus, meter = %meter, "meter down: retried at growing intervals"),
+        Transition::WentDown => {
+            tracing::debug!(bus, meter = %meter, "meter down: retried at growing intervals")
+        }
         Transition::Recovered { failures } => tracing::info!(
             message_id = events::METER_UP,
             bus,

@@ -8,7 +8,6 @@
 //! they can be counted. A port that returns an I/O error (USB adapter unplugged) is closed at
 //! once and reported as [`LinkError::PortGone`]; the bus reopens it when it returns.
 
-use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -52,7 +51,9 @@ impl SerialSettings {
 
     /// Bits on the wire per character: start + data + parity + stop.
     pub fn bits_per_char(&self) -> u32 {
-        1 + u32::from(self.data_bits) + u32::from(self.parity != Parity::None) + u32::from(self.stop_bits)
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
     }
 
     /// 3.5 character times of silence between frames; fixed at 1.75 ms above 19200 baud
@@ -71,8 +72,16 @@ impl SerialSettings {
             Parity::Even => tokio_serial::Parity::Even,
             Parity::Odd => tokio_serial::Parity::Odd,
         };
-        let data_bits = if self.data_bits == 7 { tokio_serial::DataBits::Seven } else { tokio_serial::DataBits::Eight };
-        let stop_bits = if self.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
+        let data_bits = if self.data_bits == 7 {
+            tokio_serial::DataBits::Seven
+        } else {
+            tokio_serial::DataBits::Eight
+        };
+        let stop_bits = if self.stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        };
         tokio_serial::new(self.path.to_string_lossy(), self.baud)
             .parity(parity)
             .data_bits(data_bits)
@@ -92,7 +101,10 @@ pub fn open_port(s: &SerialSettings) -> Result<SerialStream, LinkError> {
 fn classify_open_error(path: &Path, e: &tokio_serial::Error) -> LinkError {
     let msg = e.to_string();
     let missing = !path.exists()
-        || matches!(e.kind(), tokio_serial::ErrorKind::Io(io::ErrorKind::NotFound))
+        || matches!(
+            e.kind(),
+            tokio_serial::ErrorKind::Io(io::ErrorKind::NotFound)
+        )
         || msg.contains("No such file")
         || msg.contains("No such device");
     if missing {
@@ -132,7 +144,11 @@ impl std::fmt::Debug for Wire {
 const RX_CAP: usize = 2048;
 
 impl AsyncRead for Wire {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.port).poll_read(cx, buf);
@@ -140,7 +156,10 @@ impl AsyncRead for Wire {
             let new = &buf.filled()[before..];
             if new.is_empty() {
                 // EOF on a serial line means the device is gone; never spin on zero-length reads.
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "serial port closed")));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "serial port closed",
+                )));
             }
             let mut st = this.state.lock().unwrap_or_else(|e| e.into_inner());
             let room = RX_CAP.saturating_sub(st.rx.len());
@@ -151,7 +170,11 @@ impl AsyncRead for Wire {
 }
 
 impl AsyncWrite for Wire {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         {
             let mut st = this.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,17 +202,31 @@ impl AsyncWrite for Wire {
 
 /// Counts garbage and bad-CRC frames among the bytes of one transaction. `answer_len` is the
 /// length of the frame tokio-modbus accepted (None when it accepted none).
-fn count_line_errors(rx: &[u8], unit: u8, function: u8, answer_len: Option<usize>, errors: &mut LineErrors) {
+fn count_line_errors(
+    rx: &[u8],
+    unit: u8,
+    function: u8,
+    answer_len: Option<usize>,
+    errors: &mut LineErrors,
+) {
     match answer_len {
         Some(len) => errors.garbage_bytes += rx.len().saturating_sub(len) as u64,
         None if rx.is_empty() => {}
         None => {
             // A frame from the addressed unit with the expected function whose CRC fails.
             let bad_crc = (0..rx.len()).find(|&p| {
-                let Some(&[addr, fc, n]) = rx.get(p..p + 3).and_then(|s| <&[u8; 3]>::try_from(s).ok()) else {
+                let Some(&[addr, fc, n]) =
+                    rx.get(p..p + 3).and_then(|s| <&[u8; 3]>::try_from(s).ok())
+                else {
                     return false;
                 };
-                let len = if fc == function { 3 + usize::from(n) + 2 } else if fc == function | 0x80 { 5 } else { return false };
+                let len = if fc == function {
+                    3 + usize::from(n) + 2
+                } else if fc == function | 0x80 {
+                    5
+                } else {
+                    return false;
+                };
                 addr == unit
                     && rx.get(p..p + len).is_some_and(|frame| {
                         let (body, crc) = frame.split_at(len - 2);
@@ -262,7 +299,7 @@ impl RtuLink {
 }
 
 impl Link for RtuLink {
-    fn read(
+    async fn read(
         &mut self,
         unit: u8,
         table: Table,
@@ -270,8 +307,8 @@ impl Link for RtuLink {
         count: u16,
         gap: Duration,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Vec<u16>, LinkError>> + Send {
-        async move {
+    ) -> Result<Vec<u16>, LinkError> {
+        {
             if self.ctx.is_none() {
                 self.open(unit)?;
             }
@@ -279,7 +316,10 @@ impl Link for RtuLink {
             if let Some(last) = self.last_done {
                 tokio::time::sleep_until((last + quiet).into()).await;
             }
-            self.state.lock().unwrap_or_else(|e| e.into_inner()).flush_before_write = true;
+            self.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .flush_before_write = true;
             let Some(ctx) = self.ctx.as_mut() else {
                 return Err(LinkError::Connect(self.settings.path.display().to_string()));
             };
@@ -316,7 +356,10 @@ impl Link for RtuLink {
                     }
                     // An I/O error on a serial port: the device is gone. Close it at once.
                     self.ctx = None;
-                    Err(LinkError::PortGone(format!("{}: {e}", self.settings.path.display())))
+                    Err(LinkError::PortGone(format!(
+                        "{}: {e}",
+                        self.settings.path.display()
+                    )))
                 }
                 Ok(Ok(Err(tokio_modbus::Error::Protocol(e)))) => {
                     count_line_errors(&rx, unit, function, None, &mut self.errors);
@@ -327,7 +370,13 @@ impl Link for RtuLink {
                     Err(LinkError::Exception(code))
                 }
                 Ok(Ok(Ok(Ok(words)))) => {
-                    count_line_errors(&rx, unit, function, Some(frame_len(words.len())), &mut self.errors);
+                    count_line_errors(
+                        &rx,
+                        unit,
+                        function,
+                        Some(frame_len(words.len())),
+                        &mut self.errors,
+                    );
                     if words.len() == usize::from(count) {
                         Ok(words)
                     } else {
@@ -341,8 +390,8 @@ impl Link for RtuLink {
         }
     }
 
-    fn reconnect(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send {
-        async move {
+    async fn reconnect(&mut self) -> Result<(), LinkError> {
+        {
             self.ctx = None;
             self.open(0)
         }
@@ -390,16 +439,34 @@ mod tests {
         let mut rx = vec![0xFF, 0x00, 0x55];
         rx.extend_from_slice(&good);
         count_line_errors(&rx, 1, 4, Some(good.len()), &mut e);
-        assert_eq!(e, LineErrors { crc_errors: 0, garbage_bytes: 3 });
+        assert_eq!(
+            e,
+            LineErrors {
+                crc_errors: 0,
+                garbage_bytes: 3
+            }
+        );
         let mut bad = good.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0xFF;
         let mut rx = vec![0x11];
         rx.extend_from_slice(&bad);
         count_line_errors(&rx, 1, 4, None, &mut e);
-        assert_eq!(e, LineErrors { crc_errors: 1, garbage_bytes: 4 });
+        assert_eq!(
+            e,
+            LineErrors {
+                crc_errors: 1,
+                garbage_bytes: 4
+            }
+        );
         count_line_errors(&[0xAA, 0xBB], 1, 4, None, &mut e);
-        assert_eq!(e, LineErrors { crc_errors: 1, garbage_bytes: 6 });
+        assert_eq!(
+            e,
+            LineErrors {
+                crc_errors: 1,
+                garbage_bytes: 6
+            }
+        );
         // Nothing received (a silent unit): nothing counted.
         count_line_errors(&[], 1, 4, None, &mut e);
         assert_eq!(e.garbage_bytes, 6);

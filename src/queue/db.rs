@@ -502,21 +502,30 @@ impl Db {
     pub fn upsert_meter(&self, m: &super::MeterPoll) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO meters (name, bus, time, ok, error, failures, down)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO meters (name, bus, time, ok, error, failures, down, crc_errors, garbage_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(name) DO UPDATE SET bus = excluded.bus, time = excluded.time,
                    ok = excluded.ok, error = excluded.error, failures = excluded.failures,
-                   down = excluded.down",
+                   down = excluded.down, crc_errors = excluded.crc_errors,
+                   garbage_bytes = excluded.garbage_bytes",
             )?
             .execute(params![
-                m.meter, m.bus, m.time, m.ok, m.error, m.failures, m.down
+                m.meter,
+                m.bus,
+                m.time,
+                m.ok,
+                m.error,
+                m.failures,
+                m.down,
+                m.crc_errors,
+                m.garbage_bytes
             ])?;
         Ok(())
     }
 
     pub fn meters(&self) -> rusqlite::Result<Vec<super::MeterPoll>> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, bus, time, ok, error, failures, down FROM meters ORDER BY bus, name",
+            "SELECT name, bus, time, ok, error, failures, down, crc_errors, garbage_bytes FROM meters ORDER BY bus, name",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(super::MeterPoll {

@@ -6,4 +6,5 @@ mod common;
 mod config;
 mod crash;
 mod daemon;
+mod rtu;
 mod sender;
