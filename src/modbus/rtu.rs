@@ -308,93 +308,89 @@ impl Link for RtuLink {
         gap: Duration,
         timeout: Duration,
     ) -> Result<Vec<u16>, LinkError> {
-        {
-            if self.ctx.is_none() {
-                self.open(unit)?;
+        if self.ctx.is_none() {
+            self.open(unit)?;
+        }
+        let quiet = self.settings.t35().max(gap);
+        if let Some(last) = self.last_done {
+            tokio::time::sleep_until((last + quiet).into()).await;
+        }
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush_before_write = true;
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(LinkError::Connect(self.settings.path.display().to_string()));
+        };
+        ctx.set_slave(Slave(unit));
+        // tokio-modbus asserts on malformed answers in debug builds; input from a device
+        // must never take the bus task down.
+        let call = std::panic::AssertUnwindSafe(async {
+            match table {
+                Table::Holding => ctx.read_holding_registers(start, count).await,
+                Table::Input => ctx.read_input_registers(start, count).await,
             }
-            let quiet = self.settings.t35().max(gap);
-            if let Some(last) = self.last_done {
-                tokio::time::sleep_until((last + quiet).into()).await;
+        })
+        .catch_unwind();
+        let answer = tokio::time::timeout(timeout, call).await;
+        self.last_done = Some(Instant::now());
+        let rx = self.take_rx();
+        let function = table.function_code();
+        let frame_len = |n: usize| 5 + 2 * n;
+        match answer {
+            Err(_) => {
+                count_line_errors(&rx, unit, function, None, &mut self.errors);
+                Err(LinkError::Timeout)
             }
-            self.state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .flush_before_write = true;
-            let Some(ctx) = self.ctx.as_mut() else {
-                return Err(LinkError::Connect(self.settings.path.display().to_string()));
-            };
-            ctx.set_slave(Slave(unit));
-            // tokio-modbus asserts on malformed answers in debug builds; input from a device
-            // must never take the bus task down.
-            let call = std::panic::AssertUnwindSafe(async {
-                match table {
-                    Table::Holding => ctx.read_holding_registers(start, count).await,
-                    Table::Input => ctx.read_input_registers(start, count).await,
-                }
-            })
-            .catch_unwind();
-            let answer = tokio::time::timeout(timeout, call).await;
-            self.last_done = Some(Instant::now());
-            let rx = self.take_rx();
-            let function = table.function_code();
-            let frame_len = |n: usize| 5 + 2 * n;
-            match answer {
-                Err(_) => {
+            Ok(Err(_panic)) => {
+                count_line_errors(&rx, unit, function, None, &mut self.errors);
+                self.ctx = None;
+                Err(LinkError::Protocol("malformed answer".into()))
+            }
+            Ok(Ok(Err(tokio_modbus::Error::Transport(e)))) => {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    // The decoder gave up on noise or bad CRCs: the line works.
                     count_line_errors(&rx, unit, function, None, &mut self.errors);
-                    Err(LinkError::Timeout)
+                    return Err(LinkError::Protocol(e.to_string()));
                 }
-                Ok(Err(_panic)) => {
-                    count_line_errors(&rx, unit, function, None, &mut self.errors);
-                    self.ctx = None;
-                    Err(LinkError::Protocol("malformed answer".into()))
-                }
-                Ok(Ok(Err(tokio_modbus::Error::Transport(e)))) => {
-                    if e.kind() == io::ErrorKind::InvalidData {
-                        // The decoder gave up on noise or bad CRCs: the line works.
-                        count_line_errors(&rx, unit, function, None, &mut self.errors);
-                        return Err(LinkError::Protocol(e.to_string()));
-                    }
-                    // An I/O error on a serial port: the device is gone. Close it at once.
-                    self.ctx = None;
-                    Err(LinkError::PortGone(format!(
-                        "{}: {e}",
-                        self.settings.path.display()
-                    )))
-                }
-                Ok(Ok(Err(tokio_modbus::Error::Protocol(e)))) => {
-                    count_line_errors(&rx, unit, function, None, &mut self.errors);
-                    Err(LinkError::Protocol(e.to_string()))
-                }
-                Ok(Ok(Ok(Err(code)))) => {
-                    count_line_errors(&rx, unit, function, Some(5), &mut self.errors);
-                    Err(LinkError::Exception(code))
-                }
-                Ok(Ok(Ok(Ok(words)))) => {
-                    count_line_errors(
-                        &rx,
-                        unit,
-                        function,
-                        Some(frame_len(words.len())),
-                        &mut self.errors,
-                    );
-                    if words.len() == usize::from(count) {
-                        Ok(words)
-                    } else {
-                        Err(LinkError::WrongCount {
-                            expected: count,
-                            got: words.len(),
-                        })
-                    }
+                // An I/O error on a serial port: the device is gone. Close it at once.
+                self.ctx = None;
+                Err(LinkError::PortGone(format!(
+                    "{}: {e}",
+                    self.settings.path.display()
+                )))
+            }
+            Ok(Ok(Err(tokio_modbus::Error::Protocol(e)))) => {
+                count_line_errors(&rx, unit, function, None, &mut self.errors);
+                Err(LinkError::Protocol(e.to_string()))
+            }
+            Ok(Ok(Ok(Err(code)))) => {
+                count_line_errors(&rx, unit, function, Some(5), &mut self.errors);
+                Err(LinkError::Exception(code))
+            }
+            Ok(Ok(Ok(Ok(words)))) => {
+                count_line_errors(
+                    &rx,
+                    unit,
+                    function,
+                    Some(frame_len(words.len())),
+                    &mut self.errors,
+                );
+                if words.len() == usize::from(count) {
+                    Ok(words)
+                } else {
+                    Err(LinkError::WrongCount {
+                        expected: count,
+                        got: words.len(),
+                    })
                 }
             }
         }
     }
 
     async fn reconnect(&mut self) -> Result<(), LinkError> {
-        {
-            self.ctx = None;
-            self.open(0)
-        }
+        self.ctx = None;
+        self.open(0)
     }
 
     fn line_errors(&self) -> LineErrors {
