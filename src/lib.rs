@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod events;
 pub mod logging;
+pub mod mbus;
 pub mod modbus;
 pub mod profile;
 pub mod queue;
