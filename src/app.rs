@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bus::{BusContext, run_bus};
 use crate::config::Config;
-use crate::modbus::bus::{BusContext, run_bus};
+use crate::modbus::poll::MeterPoller;
 use crate::modbus::rtu::{RtuLink, SerialSettings};
 use crate::modbus::tcp::TcpLink;
 use crate::queue::{Queue, QueueError, QueueOptions};
@@ -27,6 +28,10 @@ pub enum AppError {
     Sender(#[from] SenderError),
     #[error("the queue could not be opened: {0}")]
     Join(String),
+}
+
+fn pollers(meters: &[crate::config::ModbusMeter]) -> Vec<MeterPoller> {
+    meters.iter().cloned().map(MeterPoller::new).collect()
 }
 
 /// How long bus tasks and the sender get to stop before the queue is closed anyway.
@@ -77,7 +82,7 @@ pub async fn run_with(
         tracker.spawn(run_bus(
             bus.name.clone(),
             link,
-            bus.meters.clone(),
+            pollers(&bus.meters),
             ctx.clone(),
             tasks.child_token(),
         ));
@@ -87,7 +92,7 @@ pub async fn run_with(
         tracker.spawn(run_bus(
             bus.name.clone(),
             link,
-            bus.meters.clone(),
+            pollers(&bus.meters),
             ctx.clone(),
             tasks.child_token(),
         ));

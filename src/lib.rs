@@ -6,6 +6,7 @@
 //! ([`modbus::plan`], [`units`], [`sender::classify`], …) are pure: no IO, no clock, no spawning.
 
 pub mod app;
+pub mod bus;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -1,7 +1,6 @@
 //! Modbus vocabulary shared by the configuration, the profiles, the request planner and the
 //! decoder: register tables, data types and word orders. Plain data, no IO.
 
-pub mod bus;
 pub mod decode;
 pub mod plan;
 pub mod poll;

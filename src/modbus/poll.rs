@@ -7,7 +7,6 @@
 //! (exception 02 on a single value) retires that channel with one WARN and the rest go on.
 //! This module never opens sockets itself and never reads the clock.
 
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,26 +15,10 @@ use tokio_modbus::ExceptionCode;
 use super::decode::decode;
 use super::plan::{Plan, fallback, plan};
 use super::{RegisterSpec, Table};
+use crate::bus::{BusMeter, Line, Sample};
 use crate::config::ModbusMeter;
 
-/// Why a read failed, as the link saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkError {
-    /// No answer within the timeout (the link has been reset: a late answer is never read).
-    Timeout,
-    /// Could not connect or open the line.
-    Connect(String),
-    /// The connection broke.
-    Transport(String),
-    /// An answer that does not belong to the request (transaction id, function code).
-    Protocol(String),
-    /// The meter answered with a Modbus exception.
-    Exception(ExceptionCode),
-    /// An answer with the wrong number of registers (a stale or foreign answer).
-    WrongCount { expected: u16, got: usize },
-    /// The serial port is gone (USB unplugged): not the meter's fault.
-    PortGone(String),
-}
+pub use crate::bus::{LineErrors, LinkError};
 
 /// The exception's name as the Modbus specification gives it.
 pub fn exception_name(code: ExceptionCode) -> String {
@@ -53,35 +36,10 @@ pub fn exception_name(code: ExceptionCode) -> String {
     }
 }
 
-impl fmt::Display for LinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LinkError::Timeout => f.write_str("no answer within the timeout"),
-            LinkError::Connect(e) => write!(f, "cannot connect: {e}"),
-            LinkError::Transport(e) => write!(f, "connection lost: {e}"),
-            LinkError::Protocol(e) => write!(f, "answer does not match the request: {e}"),
-            LinkError::Exception(c) => write!(f, "Modbus exception: {}", exception_name(*c)),
-            LinkError::WrongCount { expected, got } => {
-                write!(f, "answer with {got} registers instead of {expected}")
-            }
-            LinkError::PortGone(e) => write!(f, "serial port gone: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for LinkError {}
-
-/// Garbage bytes and bad-CRC frames seen on a serial line (cumulative).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LineErrors {
-    pub crc_errors: u64,
-    pub garbage_bytes: u64,
-}
-
 /// Something that reads registers from a unit id: a TCP connection or a serial line. It keeps
 /// at least `gap` of quiet between two transactions and resets itself after an error that
 /// leaves it in an unknown state.
-pub trait Link: Send {
+pub trait Link: Line {
     fn read(
         &mut self,
         unit: u8,
@@ -91,14 +49,6 @@ pub trait Link: Send {
         gap: Duration,
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<u16>, LinkError>> + Send;
-
-    /// Opens the link again after [`LinkError::PortGone`]; Ok when it is usable.
-    fn reconnect(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
-
-    /// Line errors counted so far (zero for links without a serial line).
-    fn line_errors(&self) -> LineErrors {
-        LineErrors::default()
-    }
 }
 
 /// One channel's value from a poll.
@@ -266,5 +216,49 @@ impl MeterPoller {
         Err(LinkError::Protocol(
             "the meter keeps refusing requests (illegal data address)".into(),
         ))
+    }
+}
+
+impl<L: Link> BusMeter<L> for MeterPoller {
+    fn name(&self) -> &str {
+        &self.meter.name
+    }
+
+    fn interval(&self) -> Duration {
+        self.meter.interval
+    }
+
+    fn has_channels(&self) -> bool {
+        !self.meter.channels.is_empty()
+    }
+
+    async fn poll(&mut self, line: &mut L, bus: &str) -> Result<Vec<Sample>, LinkError> {
+        let res = MeterPoller::poll(self, line).await?;
+        for ch in &res.retired {
+            let c = &self.meter.channels[*ch];
+            tracing::warn!(
+                bus,
+                meter = %self.meter.name,
+                import_id = %c.output.series.import_id,
+                register = c.register.address,
+                "register not available on this meter (illegal data address): channel skipped from now on"
+            );
+        }
+        if res.fell_back {
+            tracing::info!(
+                bus,
+                meter = %self.meter.name,
+                "meter refused a merged request (illegal data address): reading its values in smaller requests from now on"
+            );
+        }
+        Ok(res
+            .values
+            .into_iter()
+            .map(|v| Sample {
+                output: self.meter.channels[v.channel].output.clone(),
+                value: v.value,
+                sentinel: v.sentinel,
+            })
+            .collect())
     }
 }

@@ -24,6 +24,7 @@ use tokio_serial::{SerialPort, SerialStream};
 
 use super::Table;
 use super::poll::{LineErrors, Link, LinkError};
+use crate::bus::Line;
 use crate::config::{ModbusRtuBus, Parity};
 
 const CRC: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_MODBUS);
@@ -387,7 +388,9 @@ impl Link for RtuLink {
             }
         }
     }
+}
 
+impl Line for RtuLink {
     async fn reconnect(&mut self) -> Result<(), LinkError> {
         self.ctx = None;
         self.open(0)

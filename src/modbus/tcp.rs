@@ -12,6 +12,7 @@ use tokio_modbus::{Slave, client::tcp};
 
 use super::Table;
 use super::poll::{Link, LinkError};
+use crate::bus::Line;
 
 /// A Modbus TCP connection that reconnects itself.
 pub struct TcpLink {
@@ -132,7 +133,9 @@ impl Link for TcpLink {
         self.ctx = None;
         result
     }
+}
 
+impl Line for TcpLink {
     async fn reconnect(&mut self) -> Result<(), LinkError> {
         self.ctx = None;
         Ok(())

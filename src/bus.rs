@@ -1,6 +1,7 @@
-//! The bus task: exactly one owner per `[[modbus_tcp]]` connection and per `[[modbus_rtu]]`
-//! serial line, reading its meters one after another on their wall-clock schedules and committing
-//! each meter's readings to the queue.
+//! The bus task: exactly one owner per `[[modbus_tcp]]` connection, per `[[modbus_rtu]]` serial
+//! line and per `[[mbus]]` line, reading its meters one after another on their wall-clock
+//! schedules and committing each meter's readings to the queue. Generic over the line ([`Line`])
+//! and the protocol's meter ([`BusMeter`]), so Modbus and M-Bus share one scheduler.
 //!
 //! A failed meter costs at most its timeout on the slots where it is tried; it goes down after
 //! three failed slots and is retried at growing intervals (`schedule.rs`). The first failure
@@ -14,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::poll::{LineErrors, Link, LinkError, MeterPoller};
+use std::fmt;
+use std::future::Future;
+
 use crate::clock;
-use crate::config::ModbusMeter;
+use crate::config::Output;
 use crate::events;
 use crate::queue::{MeterPoll, Queue};
 use crate::reading::Reading;
@@ -29,8 +32,95 @@ pub struct BusContext {
     pub require_sync: bool,
 }
 
-struct Meter {
-    poller: MeterPoller,
+/// Why a transaction failed, as the line saw it. Shaped by the bus's next decision: a timeout,
+/// a broken link or a foreign answer fails the meter's slot (the link resets itself), a device
+/// exception fails the slot on a working link, a vanished serial port is not the meter's fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// No answer within the timeout (the link has been reset: a late answer is never read).
+    Timeout,
+    /// Could not connect or open the line.
+    Connect(String),
+    /// The connection broke.
+    Transport(String),
+    /// An answer that does not belong to the request, or cannot be decoded.
+    Protocol(String),
+    /// The meter answered with a Modbus exception.
+    Exception(tokio_modbus::ExceptionCode),
+    /// The meter refused the request in its own terms (M-Bus application error, …).
+    Refused(String),
+    /// An answer with the wrong number of registers (a stale or foreign answer).
+    WrongCount { expected: u16, got: usize },
+    /// The serial port is gone (USB unplugged): not the meter's fault.
+    PortGone(String),
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Timeout => f.write_str("no answer within the timeout"),
+            LinkError::Connect(e) => write!(f, "cannot connect: {e}"),
+            LinkError::Transport(e) => write!(f, "connection lost: {e}"),
+            LinkError::Protocol(e) => write!(f, "answer does not match the request: {e}"),
+            LinkError::Exception(c) => write!(
+                f,
+                "Modbus exception: {}",
+                crate::modbus::poll::exception_name(*c)
+            ),
+            LinkError::Refused(e) => write!(f, "the meter refused: {e}"),
+            LinkError::WrongCount { expected, got } => {
+                write!(f, "answer with {got} registers instead of {expected}")
+            }
+            LinkError::PortGone(e) => write!(f, "serial port gone: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// Garbage bytes and bad frames seen on a serial line (cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineErrors {
+    pub crc_errors: u64,
+    pub garbage_bytes: u64,
+}
+
+/// A TCP connection or serial line a bus owns.
+pub trait Line: Send {
+    /// Opens the line again after [`LinkError::PortGone`]; Ok when it is usable.
+    fn reconnect(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
+
+    /// Line errors counted so far (zero for lines without a serial port).
+    fn line_errors(&self) -> LineErrors {
+        LineErrors::default()
+    }
+}
+
+/// One value a poll produced, ready to become a [`Reading`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub output: Output,
+    pub value: f64,
+    /// The meter said "not available".
+    pub sentinel: Option<String>,
+}
+
+/// A meter on a bus, whatever its protocol.
+pub trait BusMeter<L: Line>: Send {
+    fn name(&self) -> &str;
+    fn interval(&self) -> Duration;
+    /// Whether it has anything to read.
+    fn has_channels(&self) -> bool;
+    /// Reads the meter once. All or nothing: a failure means no sample of this slot.
+    fn poll(
+        &mut self,
+        line: &mut L,
+        bus: &str,
+    ) -> impl Future<Output = Result<Vec<Sample>, LinkError>> + Send;
+}
+
+struct Meter<M> {
+    poller: M,
     schedule: MeterSchedule,
     /// Line errors seen while polling this meter (since the task started).
     line: LineErrors,
@@ -45,20 +135,20 @@ const MAX_SLEEP: Duration = Duration::from_secs(5);
 const REOPEN_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs one bus until `shutdown`.
-pub async fn run_bus<L: Link>(
+pub async fn run_bus<L: Line, M: BusMeter<L>>(
     bus: String,
     mut link: L,
-    meters: Vec<ModbusMeter>,
+    meters: Vec<M>,
     ctx: BusContext,
     shutdown: CancellationToken,
 ) {
     let now = clock::now_ms();
-    let mut meters: Vec<Meter> = meters
+    let mut meters: Vec<Meter<M>> = meters
         .into_iter()
-        .filter(|m| !m.channels.is_empty())
+        .filter(|m| m.has_channels())
         .map(|m| Meter {
-            schedule: MeterSchedule::new(m.interval, now),
-            poller: MeterPoller::new(m),
+            schedule: MeterSchedule::new(m.interval(), now),
+            poller: m,
             line: LineErrors::default(),
             missed: false,
         })
@@ -154,7 +244,7 @@ pub async fn run_bus<L: Link>(
             let m = &mut meters[i];
             let slot = m.schedule.next_due();
             let before = link.line_errors();
-            let outcome = m.poller.poll(&mut link).await;
+            let outcome = m.poller.poll(&mut link, &bus).await;
             let after = link.line_errors();
             let done = clock::now_ms();
             let new_errors = LineErrors {
@@ -166,7 +256,7 @@ pub async fn run_bus<L: Link>(
             if new_errors != LineErrors::default() && logs.line.allow(done) {
                 tracing::warn!(
                     bus = %bus,
-                    meter = %m.poller.meter.name,
+                    meter = %m.poller.name(),
                     crc_errors = m.line.crc_errors,
                     garbage_bytes = m.line.garbage_bytes,
                     "noise on the line: bad CRC or garbage bytes (check cabling, termination and the baud rate)"
@@ -201,9 +291,16 @@ struct Logs {
     reopen: RateLimit,
 }
 
-fn record(queue: &Queue, bus: &str, m: &Meter, done_ms: i64, ok: bool, error: Option<String>) {
+fn record<L: Line, M: BusMeter<L>>(
+    queue: &Queue,
+    bus: &str,
+    m: &Meter<M>,
+    done_ms: i64,
+    ok: bool,
+    error: Option<String>,
+) {
     let _ = queue.record_poll(MeterPoll {
-        meter: m.poller.meter.name.clone(),
+        meter: m.poller.name().to_string(),
         bus: bus.to_string(),
         time: done_ms.div_euclid(1000),
         ok,
@@ -216,50 +313,29 @@ fn record(queue: &Queue, bus: &str, m: &Meter, done_ms: i64, ok: bool, error: Op
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn poll_done(
+async fn poll_done<L: Line, M: BusMeter<L>>(
     bus: &str,
-    m: &mut Meter,
+    m: &mut Meter<M>,
     slot: i64,
-    outcome: Result<super::poll::PollResult, LinkError>,
+    outcome: Result<Vec<Sample>, LinkError>,
     done_ms: i64,
     synced: bool,
     queue: &Queue,
     logs: &mut Logs,
 ) {
-    let meter = m.poller.meter.name.clone();
+    let meter = m.poller.name().to_string();
     let time = done_ms.div_euclid(1000);
     let (ok, error) = match outcome {
-        Ok(res) => {
-            for ch in &res.retired {
-                let c = &m.poller.meter.channels[*ch];
-                tracing::warn!(
-                    bus,
-                    meter = %meter,
-                    import_id = %c.output.series.import_id,
-                    register = c.register.address,
-                    "register not available on this meter (illegal data address): channel skipped from now on"
-                );
-            }
-            if res.fell_back {
-                tracing::info!(
-                    bus,
-                    meter = %meter,
-                    "meter refused a merged request (illegal data address): reading its values in smaller requests from now on"
-                );
-            }
-            let readings: Vec<Reading> = res
-                .values
-                .iter()
-                .map(|v| {
-                    let c = &m.poller.meter.channels[v.channel];
-                    Reading {
-                        series: c.output.series.clone(),
-                        time,
-                        value: v.value,
-                        unit: c.output.unit.clone(),
-                        clock_synced: synced,
-                        invalid: v.sentinel.clone(),
-                    }
+        Ok(samples) => {
+            let readings: Vec<Reading> = samples
+                .into_iter()
+                .map(|s| Reading {
+                    series: s.output.series,
+                    time,
+                    value: s.value,
+                    unit: s.output.unit,
+                    clock_synced: synced,
+                    invalid: s.sentinel,
                 })
                 .collect();
             if let Err(e) = queue.commit(readings).await {
