@@ -1,0 +1,569 @@
+//! The wired M-Bus edge: one serial line (8E1 through a level converter) owned by its bus task,
+//! the master procedures on it, and the channel values of each meter.
+//!
+//! Per meter and cycle (SPEC §6.4): SND_NKE on first contact and after any failure, a secondary
+//! select (CI 0x52 to address 253) when the meter has a secondary address, REQ_UD2 with FCB
+//! handling, and a multi-telegram readout while a telegram ends with DIF 0x1F (at most
+//! [`MAX_TELEGRAMS`]). Retries keep the FCB. The first byte of an answer gets the `auto` timeout
+//! (330 bit times + 50 ms, at least 0.5 s), then an inter-byte timeout until the length in the
+//! frame is complete. Echoed request bytes (converters that echo) are skipped: every frame with
+//! the master direction bit is dropped. Frames are parsed and records decoded by the pure
+//! `frame` and `record` modules; this module only moves bytes and keeps FCB state.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::{SerialPort, SerialStream};
+
+use super::frame::{self, ADDRESS_SELECTED, Frame, Parsed, SecondaryMask};
+use super::record::{self, Header, Record, Response};
+use super::select::select;
+use crate::bus::{BusMeter, LineErrors, LinkError, Sample};
+use crate::config::{MbusAddress, MbusBus, MbusMeter, MbusSelector, MbusTimeout, Parity, SecondaryAddress};
+use crate::modbus::rtu::{SerialSettings, open_port};
+use crate::units::{Conversion, Temperature, Transform};
+
+/// The most telegrams of one readout (some meters cycle their storage forever).
+pub const MAX_TELEGRAMS: usize = 16;
+
+/// What came back after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Frame(Frame),
+    /// Nothing within the timeout.
+    Nothing,
+    /// Bytes that are not a frame (overlapping answers of several slaves, noise).
+    Garbled(usize),
+}
+
+/// One M-Bus line.
+pub struct MbusLink {
+    settings: SerialSettings,
+    timeout: MbusTimeout,
+    port: Option<SerialStream>,
+    last_done: Option<Instant>,
+    errors: LineErrors,
+}
+
+impl std::fmt::Debug for MbusLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbusLink")
+            .field("port", &self.settings.path)
+            .field("open", &self.port.is_some())
+            .finish()
+    }
+}
+
+impl MbusLink {
+    pub fn new(bus: &MbusBus) -> MbusLink {
+        MbusLink::with(bus.port.clone(), bus.baud, bus.timeout)
+    }
+
+    pub fn with(port: std::path::PathBuf, baud: u32, timeout: MbusTimeout) -> MbusLink {
+        MbusLink {
+            settings: SerialSettings {
+                path: port,
+                baud,
+                parity: Parity::Even,
+                data_bits: 8,
+                stop_bits: 1,
+            },
+            timeout,
+            port: None,
+            last_done: None,
+            errors: LineErrors::default(),
+        }
+    }
+
+    fn char_time(&self) -> Duration {
+        Duration::from_micros(11_000_000 / u64::from(self.settings.baud.max(1)))
+    }
+
+    /// How long to wait for the first byte of an answer (SPEC §6.4 `auto`: at least 330 bit
+    /// times + 50 ms and 0.5 s).
+    pub fn first_byte_timeout(&self) -> Duration {
+        match self.timeout {
+            MbusTimeout::Fixed(d) => d,
+            MbusTimeout::Auto => {
+                let window = Duration::from_micros(330_000_000 / u64::from(self.settings.baud.max(1)))
+                    + Duration::from_millis(50);
+                window.max(Duration::from_millis(500))
+            }
+        }
+    }
+
+    /// The longest pause between two bytes of one frame.
+    pub fn inter_byte_timeout(&self) -> Duration {
+        (self.char_time() * 20).max(Duration::from_millis(100))
+    }
+
+    /// Quiet time kept between an answer and the next request (Gossen: ≥ 10 ms).
+    fn quiet(&self) -> Duration {
+        (self.char_time() * 4).max(Duration::from_millis(10))
+    }
+
+    fn port(&mut self) -> Result<&mut SerialStream, LinkError> {
+        if self.port.is_none() {
+            self.port = Some(open_port(&self.settings)?);
+        }
+        self.port
+            .as_mut()
+            .ok_or_else(|| LinkError::Connect(self.settings.path.display().to_string()))
+    }
+
+    /// Sends a telegram and, if `answer` is true, waits for the answer. Echoed master frames
+    /// are skipped; bytes that are not a frame are counted and skipped.
+    pub async fn transact(&mut self, request: &[u8], answer: bool) -> Result<Answer, LinkError> {
+        if let Some(last) = self.last_done {
+            tokio::time::sleep_until((last + self.quiet()).into()).await;
+        }
+        let first_timeout = self.first_byte_timeout();
+        let inter = self.inter_byte_timeout();
+        let path = self.settings.path.display().to_string();
+        let port = self.port()?;
+        let io = async {
+            // Whatever is left on the line (a late answer, noise) is not this answer.
+            port.clear(tokio_serial::ClearBuffer::Input)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            port.write_all(request).await?;
+            port.flush().await?;
+            if !answer {
+                return Ok((Answer::Nothing, 0));
+            }
+            receive(port, first_timeout, inter).await
+        };
+        let result = io.await;
+        self.last_done = Some(Instant::now());
+        match result {
+            Ok((a, garbage)) => {
+                self.errors.garbage_bytes += garbage as u64;
+                if matches!(a, Answer::Garbled(_)) {
+                    self.errors.crc_errors += 1;
+                }
+                Ok(a)
+            }
+            Err(e) => {
+                // An I/O error on a serial port: the converter is gone. Close it at once.
+                self.port = None;
+                Err(LinkError::PortGone(format!("{path}: {e}")))
+            }
+        }
+    }
+
+    /// Closes the port (reopened on the next transaction).
+    pub fn close(&mut self) {
+        self.port = None;
+    }
+}
+
+/// Reads until one frame from a slave is complete, or the timeouts run out. Returns the answer
+/// and the number of garbage bytes skipped.
+async fn receive(port: &mut SerialStream, first: Duration, inter: Duration) -> std::io::Result<(Answer, usize)> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut garbage = 0usize;
+    let mut got_any = false;
+    let started = Instant::now();
+    let mut chunk = [0u8; 512];
+    loop {
+        // Take every complete frame out of the buffer.
+        loop {
+            match frame::parse(&buf) {
+                Parsed::Frame(f, used) => {
+                    buf.drain(..used);
+                    if f.is_from_master() {
+                        // Our own request, echoed by the converter.
+                        continue;
+                    }
+                    return Ok((Answer::Frame(f), garbage));
+                }
+                Parsed::NeedMore(_) => break,
+                Parsed::Invalid { skip, .. } => {
+                    let n = skip.min(buf.len()).max(1).min(buf.len());
+                    buf.drain(..n);
+                    garbage += n;
+                }
+            }
+        }
+        let wait = if got_any {
+            inter
+        } else {
+            match first.checked_sub(started.elapsed()) {
+                Some(w) => w,
+                None => return Ok((Answer::Nothing, garbage)),
+            }
+        };
+        match tokio::time::timeout(wait, port.read(&mut chunk)).await {
+            Err(_) => {
+                let leftover = buf.len();
+                if leftover > 0 || garbage > 0 {
+                    return Ok((Answer::Garbled(garbage + leftover), garbage + leftover));
+                }
+                return Ok((Answer::Nothing, garbage));
+            }
+            Ok(Ok(0)) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "serial port closed"));
+            }
+            Ok(Ok(n)) => {
+                got_any = true;
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 4096 {
+                    // A stream of noise: never grow without bound.
+                    garbage += buf.len();
+                    buf.clear();
+                }
+            }
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+impl crate::bus::Line for MbusLink {
+    async fn reconnect(&mut self) -> Result<(), LinkError> {
+        self.port = None;
+        self.port().map(|_| ())
+    }
+
+    fn line_errors(&self) -> LineErrors {
+        self.errors
+    }
+}
+
+/// The select mask of a configured secondary address.
+pub fn mask_of(s: &SecondaryAddress) -> SecondaryMask {
+    let mut m = SecondaryMask::for_id(&s.id).unwrap_or(SecondaryMask::ANY);
+    if let Some(code) = s.manufacturer.as_deref().and_then(SecondaryMask::manufacturer_code) {
+        m.manufacturer = code;
+    }
+    if let Some(v) = s.version {
+        m.version = v;
+    }
+    if let Some(med) = s.medium {
+        m.medium = med;
+    }
+    m
+}
+
+/// One readout: the header of its first telegram and every record, numbered across telegrams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readout {
+    pub header: Header,
+    pub address: u8,
+    pub records: Vec<Record>,
+    pub telegrams: usize,
+}
+
+/// A meter on an M-Bus line and its link state (FCB, whether it needs SND_NKE).
+#[derive(Debug)]
+pub struct MbusMeterPoller {
+    pub meter: MbusMeter,
+    retries: u32,
+    needs_init: bool,
+    fcb: bool,
+    /// Channel problems already logged (logged once each).
+    warned: HashSet<(usize, String)>,
+}
+
+impl MbusMeterPoller {
+    pub fn new(meter: MbusMeter, retries: u32) -> MbusMeterPoller {
+        MbusMeterPoller {
+            meter,
+            retries,
+            needs_init: true,
+            fcb: true,
+            warned: HashSet::new(),
+        }
+    }
+
+    fn address(&self) -> u8 {
+        match &self.meter.address {
+            MbusAddress::Primary(a) => *a,
+            MbusAddress::Secondary(_) => ADDRESS_SELECTED,
+        }
+    }
+
+    /// Sends a request, retrying (same bytes, so the same FCB) when nothing valid comes back.
+    async fn request(&self, link: &mut MbusLink, bytes: &[u8]) -> Result<Option<Frame>, LinkError> {
+        for _ in 0..=self.retries {
+            if let Answer::Frame(f) = link.transact(bytes, true).await? {
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads the meter once: SND_NKE when needed, select, REQ_UD2 until the last telegram.
+    pub async fn readout(&mut self, link: &mut MbusLink) -> Result<Readout, LinkError> {
+        let result = self.readout_inner(link).await;
+        if result.is_err() {
+            self.needs_init = true;
+        }
+        result
+    }
+
+    async fn readout_inner(&mut self, link: &mut MbusLink) -> Result<Readout, LinkError> {
+        let addr = self.address();
+        if self.needs_init {
+            // A missing E5 is tolerated: some meters do not acknowledge SND_NKE.
+            link.transact(&frame::snd_nke(addr), true).await?;
+            self.fcb = true;
+            self.needs_init = false;
+        }
+        if let MbusAddress::Secondary(s) = &self.meter.address {
+            let mask = mask_of(s);
+            match self.request(link, &frame::select(&mask, true)).await? {
+                Some(Frame::Ack) => {}
+                Some(other) => {
+                    return Err(LinkError::Protocol(format!("select of {mask} answered with {other:?} instead of E5")));
+                }
+                None => return Err(LinkError::Timeout),
+            }
+        }
+        let mut records: Vec<Record> = Vec::new();
+        let mut header = None;
+        let mut telegrams = 0;
+        for _ in 0..MAX_TELEGRAMS {
+            let Some(f) = self.request(link, &frame::req_ud2(addr, self.fcb)).await? else {
+                return Err(LinkError::Timeout);
+            };
+            let response = record::decode(&f).map_err(|e| LinkError::Protocol(e.to_string()))?;
+            // The exchange succeeded: the next request is a new one.
+            self.fcb = !self.fcb;
+            telegrams += 1;
+            match response {
+                Response::Data(t) => {
+                    if let MbusAddress::Primary(a) = self.meter.address {
+                        if t.address != a {
+                            return Err(LinkError::Protocol(format!(
+                                "answer from address {} to a request for {a}",
+                                t.address
+                            )));
+                        }
+                    }
+                    let base = records.len();
+                    records.extend(t.records.into_iter().enumerate().map(|(i, mut r)| {
+                        r.index = base + i;
+                        r
+                    }));
+                    let more = t.more_records_follow;
+                    header.get_or_insert((t.header, t.address));
+                    if !more {
+                        break;
+                    }
+                }
+                Response::ApplicationError { text, code, .. } => {
+                    return Err(LinkError::Refused(match code {
+                        Some(c) => format!("application error {c}: {text}"),
+                        None => format!("application error: {text}"),
+                    }));
+                }
+            }
+        }
+        let Some((header, address)) = header else {
+            return Err(LinkError::Protocol("no data telegram".into()));
+        };
+        Ok(Readout {
+            header,
+            address,
+            records,
+            telegrams,
+        })
+    }
+
+    /// The value of one channel from a readout, or why it has none.
+    pub fn channel_value(&self, channel: usize, records: &[Record]) -> Result<(Sample, usize), String> {
+        let ch = self
+            .meter
+            .channels
+            .get(channel)
+            .ok_or_else(|| format!("no channel {channel}"))?;
+        let rec = select(records, &ch.selector, &[]).map_err(|e| e.to_string())?;
+        let raw = rec
+            .as_f64()
+            .ok_or_else(|| format!("record {} ({}) is not a number", rec.index, rec.quantity))?;
+        let temperature = if rec.quantity == "temperature_difference" {
+            Temperature::Difference
+        } else {
+            Temperature::Absolute
+        };
+        let to = ch.output.unit.clone().unwrap_or_else(|| rec.unit.clone());
+        let conversion = Conversion::between(&rec.unit, &to, temperature).map_err(|e| {
+            format!("record {} ({} in {}): {e}", rec.index, rec.quantity, rec.unit)
+        })?;
+        let transform = Transform {
+            source_scale: 1.0,
+            conversion,
+            scale: ch.scale,
+            offset: ch.offset,
+            significant_digits: 15,
+            decimals: ch.decimals,
+        };
+        let mut output = ch.output.clone();
+        if output.unit.is_none() && !rec.unit.is_empty() {
+            output.unit = Some(rec.unit.clone());
+        }
+        Ok((
+            Sample {
+                output,
+                value: transform.apply(raw),
+                sentinel: None,
+            },
+            rec.index,
+        ))
+    }
+}
+
+impl BusMeter<MbusLink> for MbusMeterPoller {
+    fn name(&self) -> &str {
+        &self.meter.name
+    }
+
+    fn interval(&self) -> Duration {
+        self.meter.interval
+    }
+
+    fn has_channels(&self) -> bool {
+        !self.meter.channels.is_empty()
+    }
+
+    async fn poll(&mut self, line: &mut MbusLink, bus: &str) -> Result<Vec<Sample>, LinkError> {
+        let readout = self.readout(line).await?;
+        let mut samples = Vec::new();
+        for i in 0..self.meter.channels.len() {
+            match self.channel_value(i, &readout.records) {
+                Ok((s, _)) => samples.push(s),
+                Err(why) => {
+                    if self.warned.insert((i, why.clone())) {
+                        let c = &self.meter.channels[i];
+                        tracing::warn!(
+                            bus,
+                            meter = %self.meter.name,
+                            import_id = %c.output.series.import_id,
+                            error = %why,
+                            "M-Bus channel has no value (run `enectiva-collector read` to list the records)"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(samples)
+    }
+}
+
+/// Something found by a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub primary: Option<u8>,
+    pub header: Header,
+    pub address: u8,
+}
+
+/// Reads the header of whatever answers REQ_UD2 at `addr`.
+async fn identify(link: &mut MbusLink, addr: u8, retries: u32) -> Result<Option<(Header, u8)>, LinkError> {
+    for _ in 0..=retries {
+        if let Answer::Frame(f) = link.transact(&frame::req_ud2(addr, true), true).await? {
+            return Ok(match record::decode(&f) {
+                Ok(Response::Data(t)) => Some((t.header, t.address)),
+                _ => None,
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// Primary scan: SND_NKE to each address; those that acknowledge are read for their header.
+pub async fn scan_primary(
+    link: &mut MbusLink,
+    addresses: impl IntoIterator<Item = u8>,
+    retries: u32,
+    mut progress: impl FnMut(u8, usize),
+) -> Result<Vec<Found>, LinkError> {
+    let mut found = Vec::new();
+    for a in addresses {
+        progress(a, found.len());
+        let mut acked = false;
+        for _ in 0..=retries {
+            match link.transact(&frame::snd_nke(a), true).await? {
+                Answer::Frame(Frame::Ack) => {
+                    acked = true;
+                    break;
+                }
+                Answer::Garbled(_) => {
+                    // Two slaves with the same primary address: report it, it needs fixing.
+                    acked = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if !acked {
+            continue;
+        }
+        if let Some((header, address)) = identify(link, a, retries).await? {
+            found.push(Found {
+                primary: Some(a),
+                header,
+                address,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Secondary wildcard search (collision-driven tree search over the identification digits,
+/// most significant first).
+pub async fn scan_secondary(
+    link: &mut MbusLink,
+    retries: u32,
+    mut progress: impl FnMut(&SecondaryMask, usize),
+) -> Result<Vec<Found>, LinkError> {
+    // No slave may stay selected from before.
+    link.transact(&frame::snd_nke(ADDRESS_SELECTED), false).await?;
+    link.transact(&frame::snd_nke(frame::ADDRESS_BROADCAST), false).await?;
+    let mut found = Vec::new();
+    // An explicit stack instead of recursion: (mask, next digit position).
+    let mut stack: Vec<(SecondaryMask, usize)> = vec![(SecondaryMask::ANY, 0)];
+    let mut probes = 0usize;
+    while let Some((mask, pos)) = stack.pop() {
+        // Digits pushed in reverse so the search runs 0..9 in order.
+        let mut children = Vec::new();
+        for d in 0..=9u8 {
+            let m = mask.with_digit(pos, d);
+            probes += 1;
+            progress(&m, found.len());
+            let mut answer = Answer::Nothing;
+            for _ in 0..=retries {
+                answer = link.transact(&frame::select(&m, true), true).await?;
+                if !matches!(answer, Answer::Nothing) {
+                    break;
+                }
+            }
+            match answer {
+                Answer::Nothing => {}
+                Answer::Frame(Frame::Ack) => {
+                    if let Some((header, address)) = identify(link, ADDRESS_SELECTED, retries).await? {
+                        if !found.iter().any(|f: &Found| f.header == header) {
+                            found.push(Found {
+                                primary: None,
+                                header,
+                                address,
+                            });
+                        }
+                    }
+                }
+                Answer::Frame(_) | Answer::Garbled(_) => {
+                    if pos + 1 < 8 {
+                        children.push((m, pos + 1));
+                    } else {
+                        tracing::warn!(mask = %m, "two meters answer to the same identification number; use enhanced selection or primary addresses");
+                    }
+                }
+            }
+            if probes > 100_000 {
+                return Ok(found);
+            }
+        }
+        stack.extend(children.into_iter().rev());
+    }
+    Ok(found)
+}
