@@ -7,16 +7,14 @@
 //!
 //! It owns the pty pair, an internal second pair for tokio-modbus's RTU server, and one task.
 //! It is used by tests and `demo`, never by the daemon's poll path. Framing is tokio-modbus's
-//! own; only the fault injection is ours, and nothing here panics on bytes from the line. Its one
-//! `unsafe` block sets `FD_CLOEXEC` on the pty descriptors (`set_cloexec` says why).
+//! own; only the fault injection is ours, and nothing here panics on bytes from the line. The pty
+//! plumbing (and its `FD_CLOEXEC` `unsafe` block) is shared with [`super::mbus`] in `pty.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,17 +25,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_modbus::server::Service;
 use tokio_modbus::server::rtu::Server;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
-use tokio_serial::{SerialPort, SerialStream};
+use tokio_serial::SerialStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use super::modbus::{Arrival, Served, SimMeter, Units};
+use super::pty::{HANGUP_PAUSE, Pty, set_cloexec};
 use crate::modbus::Table;
-
-/// How long the relay waits before reading the master end again after it reported a hangup
-/// (EIO or end of file): that happens while no slave descriptor is open, and the master stays
-/// "readable" all that time, so reading again at once would spin.
-const HANGUP_PAUSE: Duration = Duration::from_millis(5);
 
 /// The pause before a new internal server after one ended, so a failure that repeats (no free
 /// pty, say) cannot spin either.
@@ -165,20 +159,8 @@ impl SimRtuBus {
             ));
         }
         let units = Units::new(meters)?;
-        let (master, slave) = SerialStream::pair().map_err(io::Error::from)?;
-        set_cloexec(&master)?;
-        let path = slave
-            .name()
-            .map(PathBuf::from)
-            .ok_or_else(|| io::Error::other("the pty's slave end has no name"))?;
-        // Our own slave descriptor (see the type's docs). std opens it close-on-exec; it is
-        // opened before serialport's is dropped, so the master never sees a hangup.
-        let held = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(&path)?;
-        drop(slave);
+        // `held` is our own slave descriptor (see the type's docs).
+        let Pty { master, path, held } = Pty::open()?;
 
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -594,23 +576,6 @@ async fn send_answers(
     }
 }
 
-/// serialport opens both ends of a pty pair without `O_CLOEXEC`, and std offers no safe way to
-/// set it on a descriptor it did not open. Without it, every child process a test spawns while
-/// the line runs (the daemon binary, say) inherits the master, and closing ours would no longer
-/// hang up the line. Between `pair()` and this call a concurrent spawn can still inherit them.
-#[allow(unsafe_code)]
-fn set_cloexec(fd: &impl AsRawFd) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: fcntl(F_SETFD) only changes the descriptor flags of `fd`, which the caller's
-    // value owns and keeps open for the duration of the call; no memory is passed.
-    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -620,7 +585,7 @@ mod tests {
     use tokio_modbus::Slave;
     use tokio_modbus::client::{Context as Client, rtu};
     use tokio_modbus::prelude::{Reader, SlaveContext};
-    use tokio_serial::{ClearBuffer, SerialPortBuilderExt};
+    use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt};
 
     use super::*;
 
