@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::{BusContext, run_bus};
 use crate::config::Config;
+use crate::mbus::bus::{MbusLink, MbusMeterPoller};
 use crate::modbus::poll::MeterPoller;
 use crate::modbus::rtu::{RtuLink, SerialSettings};
 use crate::modbus::tcp::TcpLink;
@@ -97,25 +98,18 @@ pub async fn run_with(
             tasks.child_token(),
         ));
     }
-    if !config.mbus.is_empty() {
-        tracing::warn!(
-            mbus = config.mbus.len(),
-            "M-Bus buses are configured but this version does not poll M-Bus yet"
-        );
+    for bus in &config.mbus {
+        let link = MbusLink::new(bus);
+        let meters: Vec<MbusMeterPoller> =
+            bus.meters.iter().cloned().map(|m| MbusMeterPoller::new(m, bus.retries)).collect();
+        tracker.spawn(run_bus(bus.name.clone(), link, meters, ctx.clone(), tasks.child_token()));
     }
     tracker.close();
-    let meters: usize = config
-        .modbus_tcp
-        .iter()
-        .map(|b| b.meters.len())
-        .sum::<usize>()
-        + config
-            .modbus_rtu
-            .iter()
-            .map(|b| b.meters.len())
-            .sum::<usize>();
+    let meters: usize = config.modbus_tcp.iter().map(|b| b.meters.len()).sum::<usize>()
+        + config.modbus_rtu.iter().map(|b| b.meters.len()).sum::<usize>()
+        + config.mbus.iter().map(|b| b.meters.len()).sum::<usize>();
     tracing::info!(
-        buses = config.modbus_tcp.len() + config.modbus_rtu.len(),
+        buses = config.modbus_tcp.len() + config.modbus_rtu.len() + config.mbus.len(),
         meters,
         series = config.series().len(),
         "running"

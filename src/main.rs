@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use enectiva_collector::commands::{self, Exit};
-use enectiva_collector::config::{DEFAULT_PATH, Parity};
+use enectiva_collector::config::{DEFAULT_PATH, MbusTimeout, Parity};
 use enectiva_collector::{app, logging};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +39,11 @@ enum Command {
     Probe {
         #[command(subcommand)]
         what: ProbeWhat,
+    },
+    /// M-Bus tools
+    Mbus {
+        #[command(subcommand)]
+        what: MbusWhat,
     },
     /// Commissioning: list the addresses that answer
     Scan {
@@ -157,6 +162,24 @@ enum ProbeWhat {
     },
 }
 
+fn parse_mbus_timeout(s: &str) -> Result<MbusTimeout, String> {
+    if s == "auto" {
+        Ok(MbusTimeout::Auto)
+    } else {
+        parse_duration(s).map(MbusTimeout::Fixed)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum MbusWhat {
+    /// Decode one captured telegram (hex text, whitespace allowed) into JSON
+    Decode {
+        /// A file with the hex text, or - for standard input
+        #[arg(default_value = "-")]
+        input: PathBuf,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum ScanWhat {
     /// List the unit ids that answer on a TCP endpoint or a serial line
@@ -169,6 +192,25 @@ enum ScanWhat {
         /// Per unit id
         #[arg(long, default_value = "200ms", value_parser = parse_duration)]
         timeout: std::time::Duration,
+    },
+    /// List the M-Bus meters on a line: primary addresses, or a secondary wildcard search
+    Mbus {
+        /// Serial port of the level converter
+        #[arg(long)]
+        port: PathBuf,
+        #[arg(long, default_value_t = 2400)]
+        baud: u32,
+        /// Search by identification number (wildcard select) instead of primary addresses
+        #[arg(long)]
+        secondary: bool,
+        /// Primary addresses to try
+        #[arg(long, default_value = "0-250", value_parser = commands::mbus::parse_addresses)]
+        addresses: std::vec::Vec<u8>,
+        /// "auto" or a duration, per request
+        #[arg(long, default_value = "auto", value_parser = parse_mbus_timeout)]
+        timeout: MbusTimeout,
+        #[arg(long, default_value_t = 1)]
+        retries: u32,
     },
 }
 
@@ -302,6 +344,15 @@ fn main() -> ExitCode {
             Ok(rt) => rt.block_on(commands::probe::scan(target.target(), units, timeout)),
             Err(e) => e,
         },
+        Command::Scan {
+            what: ScanWhat::Mbus { port, baud, secondary, addresses, timeout, retries },
+        } => match runtime() {
+            Ok(rt) => rt.block_on(commands::mbus::scan(port, baud, secondary, addresses, timeout, retries)),
+            Err(e) => e,
+        },
+        Command::Mbus {
+            what: MbusWhat::Decode { input },
+        } => commands::mbus::decode(&input),
         Command::Status { json, queue } => {
             match commands::queue_path(&cli.config, queue.as_deref()) {
                 Ok(q) => commands::status::run(&q, json),

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod dead;
+pub mod mbus;
 pub mod demo;
 pub mod probe;
 pub mod profiles;

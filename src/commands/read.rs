@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::Exit;
 use crate::config::{Config, ModbusMeter};
+use crate::mbus::bus::{MbusLink, MbusMeterPoller};
 use crate::modbus::poll::{ChannelValue, Link, LinkError, MeterPoller, PollResult};
 use crate::modbus::rtu::{RtuLink, SerialSettings};
 use crate::modbus::tcp::TcpLink;
@@ -55,9 +56,10 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<Selected<'a>>,
     if names.is_empty() {
         return Ok(all);
     }
+    let is_mbus = |n: &String| config.mbus.iter().any(|b| b.meters.iter().any(|m| &m.name == n));
     let unknown: Vec<String> = names
         .iter()
-        .filter(|n| !all.iter().any(|s| &s.meter.name == *n))
+        .filter(|n| !all.iter().any(|s| &s.meter.name == *n) && !is_mbus(n))
         .cloned()
         .collect();
     if !unknown.is_empty() {
@@ -137,18 +139,16 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                 .flat_map(|b| b.meters.iter())
                 .chain(config.modbus_rtu.iter().flat_map(|b| b.meters.iter()))
                 .map(|m| m.name.as_str())
+                .chain(config.mbus.iter().flat_map(|b| b.meters.iter().map(|m| m.name.as_str())))
                 .collect();
             eprintln!(
-                "error: no Modbus meter named {}; known: {}",
+                "error: no meter named {}; known: {}",
                 unknown.join(", "),
                 known.join(", ")
             );
             return Exit::Invalid;
         }
     };
-    if !config.mbus.is_empty() {
-        eprintln!("note: M-Bus meters are not read by this version");
-    }
     // One open serial port per RTU bus, shared by its meters (one after another).
     let mut rtu: Vec<Option<RtuLink>> = config.modbus_rtu.iter().map(|_| None).collect();
     let mut failed = 0;
@@ -215,8 +215,93 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
             }
         }
     }
+    failed += read_mbus(&config, names, json, &mut out).await;
     if json {
         println!("{}", serde_json::Value::Array(out));
     }
     if failed > 0 { Exit::Failure } else { Exit::Ok }
+}
+
+/// Reads the named M-Bus meters (all when no names), listing every record so a user can choose
+/// channels. Returns how many failed.
+async fn read_mbus(config: &Config, names: &[String], json: bool, out: &mut Vec<serde_json::Value>) -> usize {
+    let mut failed = 0;
+    for bus in &config.mbus {
+        let mut link = MbusLink::new(bus);
+        for meter in &bus.meters {
+            if !names.is_empty() && !names.contains(&meter.name) {
+                continue;
+            }
+            let mut poller = MbusMeterPoller::new(meter.clone(), bus.retries);
+            let place = bus.port.display().to_string();
+            match poller.readout(&mut link).await {
+                Ok(r) => {
+                    let channels: Vec<Result<(crate::bus::Sample, usize), String>> =
+                        (0..meter.channels.len()).map(|i| poller.channel_value(i, &r.records)).collect();
+                    if json {
+                        let chans: Vec<serde_json::Value> = channels
+                            .iter()
+                            .zip(&meter.channels)
+                            .map(|(c, ch)| match c {
+                                Ok((s, rec)) => json!({
+                                    "import_id": ch.output.series.import_id, "record": rec,
+                                    "value": s.value, "unit": s.output.unit,
+                                }),
+                                Err(e) => json!({"import_id": ch.output.series.import_id, "error": e}),
+                            })
+                            .collect();
+                        out.push(json!({
+                            "bus": bus.name, "meter": meter.name, "ok": true,
+                            "address": r.address, "id": r.header.id, "manufacturer": r.header.manufacturer,
+                            "medium": crate::mbus::record::medium_name(r.header.medium), "telegrams": r.telegrams,
+                            "records": r.records.iter().map(crate::mbus::json::record).collect::<Vec<_>>(),
+                            "channels": chans,
+                        }));
+                    } else {
+                        println!(
+                            "{}/{} (M-Bus address {} at {place}): id {}, {}, {}, {} telegram(s)",
+                            bus.name,
+                            meter.name,
+                            r.address,
+                            r.header.id,
+                            r.header.manufacturer,
+                            crate::mbus::record::medium_name(r.header.medium),
+                            r.telegrams
+                        );
+                        println!("  records:");
+                        for rec in &r.records {
+                            println!("    {}", crate::mbus::select::describe(rec));
+                        }
+                        if !meter.channels.is_empty() {
+                            println!("  channels:");
+                        }
+                        for (c, ch) in channels.iter().zip(&meter.channels) {
+                            match c {
+                                Ok((s, rec)) => println!(
+                                    "    {} {} → {} {} (record {rec})",
+                                    s.value,
+                                    s.output.unit.as_deref().unwrap_or(""),
+                                    ch.output.series.kind,
+                                    ch.output.series.import_id
+                                ),
+                                Err(e) => println!("    {}: NO VALUE: {e}", ch.output.series.import_id),
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    if json {
+                        out.push(json!({"bus": bus.name, "meter": meter.name, "ok": false, "error": e.to_string()}));
+                    } else {
+                        println!(
+                            "{}/{} (M-Bus at {place}): FAILED: {e} (check the address, the baud rate and the converter; `scan mbus` lists the meters)",
+                            bus.name, meter.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    failed
 }

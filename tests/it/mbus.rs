@@ -1,0 +1,268 @@
+//! Wired M-Bus on real pseudo-terminals: the master procedures against the simulated line
+//! (`sim::mbus`, which parses and builds telegrams independently of `src/mbus`), `scan mbus`,
+//! and a heat meter end to end to the stand-in API.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use enectiva_collector::app;
+use enectiva_collector::config::{Config, MbusAddress, MbusMeter, MbusTimeout, SecondaryAddress};
+use enectiva_collector::mbus::bus::{MbusLink, MbusMeterPoller};
+use enectiva_collector::queue::QueueOptions;
+use enectiva_collector::sender::SenderSettings;
+use enectiva_collector::sim::api::{Accepted, StandIn};
+use enectiva_collector::sim::mbus::{MbusLineOptions, RequestKind, SimMbus, SimSlave};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::CUSTOMER;
+
+const TOKEN: &str = "mbus-token";
+const LONG: Duration = Duration::from_secs(60);
+
+fn link(sim: &SimMbus, timeout: MbusTimeout) -> MbusLink {
+    MbusLink::with(sim.path(), 2400, timeout)
+}
+
+fn meter(name: &str, address: MbusAddress) -> MbusMeter {
+    MbusMeter {
+        name: name.into(),
+        address,
+        interval: Duration::from_secs(900),
+        channels: Vec::new(),
+    }
+}
+
+fn secondary(id: &str) -> MbusAddress {
+    MbusAddress::Secondary(SecondaryAddress {
+        id: id.into(),
+        manufacturer: None,
+        version: None,
+        medium: None,
+    })
+}
+
+fn quantity_value(records: &[enectiva_collector::mbus::record::Record], q: &str, storage: u64) -> Option<f64> {
+    records.iter().find(|r| r.quantity == q && r.storage == storage).and_then(|r| r.as_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_secondary_reads() {
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678), SimSlave::heat_meter(7, 87654321)],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Auto);
+    let mut p = MbusMeterPoller::new(meter("primary", MbusAddress::Primary(5)), 2);
+    let r = p.readout(&mut l).await.expect("primary readout");
+    assert_eq!((r.address, r.header.id.as_str(), r.header.manufacturer.as_str()), (5, "12345678", "KAM"));
+    assert_eq!(quantity_value(&r.records, "energy", 0), Some(12_345_000.0), "energy in Wh");
+    assert_eq!(quantity_value(&r.records, "volume", 0), Some(6543.21));
+    assert_eq!(quantity_value(&r.records, "flow_temperature", 0), Some(63.5));
+    assert_eq!(quantity_value(&r.records, "energy", 1), Some(10_000_000.0));
+    // A second readout: SND_NKE is not repeated, the FCB toggles, energy grew by 1 kWh.
+    let r2 = p.readout(&mut l).await.expect("second readout");
+    assert_eq!(quantity_value(&r2.records, "energy", 0), Some(12_346_000.0));
+    let kinds: Vec<RequestKind> = sim.requests().into_iter().filter(|q| q.address == 5).map(|q| q.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![RequestKind::SndNke, RequestKind::ReqUd2 { fcb: true }, RequestKind::ReqUd2 { fcb: false }]
+    );
+    // Secondary: select by identification number, read through address 253.
+    let mut s = MbusMeterPoller::new(meter("secondary", secondary("87654321")), 2);
+    let r = s.readout(&mut l).await.expect("secondary readout");
+    assert_eq!((r.address, r.header.id.as_str()), (7, "87654321"));
+    assert!(sim.requests().iter().any(|q| matches!(q.kind, RequestKind::Select { .. }) && q.address == 0xFD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_telegram_readout_delivers_every_record() {
+    // Three telegrams; the first two end with DIF 0x1F ("more records follow").
+    let t1 = vec![0x04, 0x06, 0x01, 0x00, 0x00, 0x00, 0x1F]; // energy 1 kWh
+    let t2 = vec![0x04, 0x13, 0x02, 0x00, 0x00, 0x00, 0x1F]; // volume 2 l
+    let t3 = vec![0x02, 0x5B, 0x03, 0x00]; // flow temperature 3 °C
+    let sim = SimMbus::start(
+        vec![SimSlave::new(9, 11112222, "ABB", 2, 0x04).with_telegrams(vec![t1, t2, t3])],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Auto);
+    let mut p = MbusMeterPoller::new(meter("multi", MbusAddress::Primary(9)), 1);
+    let r = p.readout(&mut l).await.expect("readout");
+    assert_eq!(r.telegrams, 3);
+    let q: Vec<(usize, &str)> = r.records.iter().map(|r| (r.index, r.quantity.as_str())).collect();
+    assert_eq!(q, vec![(0, "energy"), (1, "volume"), (2, "flow_temperature")]);
+    assert_eq!(quantity_value(&r.records, "volume", 0), Some(0.002));
+    let fcbs: Vec<bool> = sim
+        .requests()
+        .into_iter()
+        .filter_map(|q| match q.kind {
+            RequestKind::ReqUd2 { fcb } => Some(fcb),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fcbs, vec![true, false, true], "FCB toggles per telegram");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoing_converter_slow_meter_and_absent_meter() {
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(1, 10000001), SimSlave::heat_meter(2, 10000002), SimSlave::heat_meter(3, 10000003)],
+        MbusLineOptions {
+            echo: true,
+            timing: None,
+        },
+    )
+    .await
+    .expect("sim");
+    sim.set_reply_delay(2, Duration::from_millis(350));
+    sim.set_absent(3, true);
+    let mut l = link(&sim, MbusTimeout::Fixed(Duration::from_millis(500)));
+    let mut slow = MbusMeterPoller::new(meter("slow", MbusAddress::Primary(2)), 0);
+    let mut absent = MbusMeterPoller::new(meter("absent", MbusAddress::Primary(3)), 1);
+    let mut first = MbusMeterPoller::new(meter("first", MbusAddress::Primary(1)), 0);
+    // Echoed requests are skipped; the slow but in-time meter is read.
+    let r = first.readout(&mut l).await.expect("echo");
+    assert_eq!(r.header.id, "10000001");
+    let r = slow.readout(&mut l).await.expect("slow meter");
+    assert_eq!(r.header.id, "10000002");
+    // The absent meter costs its timeout × (1 + retries) for each request it is sent, then fails.
+    let t = Instant::now();
+    let e = absent.readout(&mut l).await.expect_err("absent");
+    let cost = t.elapsed();
+    assert!(cost < Duration::from_millis(2 * 2 * 500 + 500), "{cost:?}: {e}");
+    // The others are not stalled by it.
+    let t = Instant::now();
+    first.readout(&mut l).await.expect("after the absent one");
+    assert!(t.elapsed() < Duration::from_millis(500));
+}
+
+fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
+    let mut args = vec!["scan", "mbus", "--port", port.to_str().expect("utf8"), "--baud", "2400", "--timeout", "300ms"];
+    if secondary {
+        args.push("--secondary");
+    } else {
+        args.extend(["--addresses", "0-12"]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_enectiva-collector")).args(&args).output().expect("scan");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_finds_every_meter_by_primary_and_by_secondary_search() {
+    // Ids sharing their first digits collide until the last one.
+    let sim = SimMbus::start(
+        vec![
+            SimSlave::heat_meter(3, 12340001),
+            SimSlave::heat_meter(7, 12340002),
+            SimSlave::new(11, 55500001, "ELS", 8, 0x07),
+        ],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let path = sim.path();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let p = path.clone();
+        move || run_scan(&p, false)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, Some(0), "{out}{err}");
+    for (addr, id) in [(3, "12340001"), (7, "12340002"), (11, "55500001")] {
+        assert!(
+            out.lines().any(|l| l.contains(&format!("address {addr:>3}")) && l.contains(id)),
+            "{addr}/{id} missing:\n{out}"
+        );
+    }
+    assert!(out.contains("ELS") && out.contains("water"), "{out}");
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_scan(&path, true)).await.expect("join");
+    assert_eq!(code, Some(0), "{out}{err}");
+    for id in ["12340001", "12340002", "55500001"] {
+        assert!(out.contains(id), "{id} missing from the secondary search:\n{out}");
+    }
+    assert_eq!(out.lines().filter(|l| l.contains("secondary")).count(), 3, "{out}");
+}
+
+fn series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
+    acc.iter().filter(|a| a.import_id == id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heat_meter_end_to_end_in_kwh_m3_and_a_flow_temperature_data_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    let sim = SimMbus::start(vec![SimSlave::heat_meter(5, 12345678)], MbusLineOptions::default())
+        .await
+        .expect("sim");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let text = format!(
+        r#"[api]
+base_url = "{}"
+customer_id = "{CUSTOMER}"
+token_file = "{}"
+[queue]
+path = "{}"
+[[mbus]]
+name = "heat-bus"
+port = "{}"
+baud = 2400
+timeout = "auto"
+  [[mbus.meter]]
+  name = "flat-12"
+  address = 5
+  interval = "1s"
+  channels = [
+    {{ quantity = "energy", import_id = "HEAT_12", unit = "kWh" }},
+    {{ quantity = "energy", storage = 1, import_id = "HEAT_12_DUE", unit = "MWh" }},
+    {{ quantity = "volume", import_id = "HEAT_12_VOL", unit = "m3" }},
+    {{ quantity = "flow_temperature", import_id = "HEAT_12_TFLOW", unit = "°C", kind = "data_point" }},
+    {{ quantity = "temperature_difference", import_id = "HEAT_12_DT", unit = "K", kind = "data_point" }},
+  ]
+"#,
+        api.base_url(),
+        dir.path().join("token").display(),
+        dir.path().join("queue.db").display(),
+        sim.path().display()
+    );
+    let config = Config::parse(&text, &dir.path().join("config.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app::run_with(
+        config,
+        |q| QueueOptions {
+            commit_window: Duration::from_millis(50),
+            ..QueueOptions::from_settings(q)
+        },
+        |a| SenderSettings {
+            rescan: Duration::from_millis(200),
+            ..SenderSettings::from_api(a)
+        },
+        shutdown.clone(),
+    ));
+    let deadline = Instant::now() + LONG;
+    while series(&api.accepted(), "HEAT_12").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("join").expect("daemon");
+    let acc = api.accepted();
+    let energy: Vec<&str> = series(&acc, "HEAT_12").iter().map(|a| a.raw_value.as_str()).collect();
+    assert!(energy.len() >= 2, "{acc:?}");
+    assert_eq!(&energy[..2], &["12345", "12346"], "kWh from Wh × 10^3");
+    let e = series(&acc, "HEAT_12")[0];
+    assert_eq!((e.kind, e.unit.as_deref()), ("reading", Some("kWh")));
+    assert_eq!(series(&acc, "HEAT_12_DUE")[0].raw_value, "10");
+    let v = series(&acc, "HEAT_12_VOL")[0];
+    assert_eq!((v.raw_value.as_str(), v.unit.as_deref()), ("6543.21", Some("m3")));
+    let t = series(&acc, "HEAT_12_TFLOW")[0];
+    assert_eq!((t.kind, t.raw_value.as_str(), t.unit.as_deref()), ("data_point", "63.5", Some("°C")));
+    let dt = series(&acc, "HEAT_12_DT")[0];
+    assert_eq!((dt.raw_value.as_str(), dt.unit.as_deref()), ("22.3", Some("K")));
+}
