@@ -266,7 +266,9 @@ pub enum DecodeError {
         dif: u8,
         offset: usize,
     },
-    #[error("record {record}: reserved variable-length code 0x{lvar:02X} at user-data byte {offset}")]
+    #[error(
+        "record {record}: reserved variable-length code 0x{lvar:02X} at user-data byte {offset}"
+    )]
     ReservedLvar {
         record: usize,
         lvar: u8,
@@ -340,14 +342,13 @@ pub fn decode_user_data(address: u8, ci: u8, data: &[u8]) -> Result<Response, De
         }
         0x72 | 0x76 => {
             let msb_first = ci == 0x76;
-            let header_bytes: [u8; 12] = data
-                .get(..12)
-                .and_then(|h| h.try_into().ok())
-                .ok_or(DecodeError::HeaderTooShort {
+            let header_bytes: [u8; 12] = data.get(..12).and_then(|h| h.try_into().ok()).ok_or(
+                DecodeError::HeaderTooShort {
                     what: "variable data (CI 0x72)",
                     needed: 12,
                     available: data.len(),
-                })?;
+                },
+            )?;
             let header = long_header(header_bytes, msb_first);
             variable(address, ci, header, data, 12, msb_first)
         }
@@ -416,7 +417,20 @@ fn manufacturer_letters(m: u16) -> String {
 }
 
 fn long_header(h: [u8; 12], msb_first: bool) -> Header {
-    let [i0, i1, i2, i3, m0, m1, version, medium, access_number, status, s0, s1] = h;
+    let [
+        i0,
+        i1,
+        i2,
+        i3,
+        m0,
+        m1,
+        version,
+        medium,
+        access_number,
+        status,
+        s0,
+        s1,
+    ] = h;
     let id_raw = [i0, i1, i2, i3];
     let word = |a: u8, b: u8| {
         if msb_first {
@@ -501,8 +515,14 @@ struct Body {
 /// The data field of a record before interpretation.
 enum Payload<'a> {
     /// A fixed-length field; `code` is the DIF's data field code.
-    Fixed { code: u8, bytes: &'a [u8] },
-    Variable { kind: Lvar, bytes: &'a [u8] },
+    Fixed {
+        code: u8,
+        bytes: &'a [u8],
+    },
+    Variable {
+        kind: Lvar,
+        bytes: &'a [u8],
+    },
 }
 
 fn parse_records(data: &[u8], start: usize, msb_first: bool) -> Result<Body, DecodeError> {
@@ -589,11 +609,13 @@ fn parse_records(data: &[u8], start: usize, msb_first: bool) -> Result<Body, Dec
                 Payload::Variable { kind, bytes }
             }
             _ => {
-                let bytes = r.bytes(data_length(code)).ok_or(DecodeError::PrematureEnd {
-                    record,
-                    at: "data",
-                    offset: data_start,
-                })?;
+                let bytes = r
+                    .bytes(data_length(code))
+                    .ok_or(DecodeError::PrematureEnd {
+                        record,
+                        at: "data",
+                        offset: data_start,
+                    })?;
                 Payload::Fixed { code, bytes }
             }
         };

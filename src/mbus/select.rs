@@ -47,13 +47,15 @@ pub fn select<'a>(
     modifiers: &[String],
 ) -> Result<&'a Record, SelectError> {
     match selector {
-        MbusSelector::Record(index) => records
-            .iter()
-            .find(|r| r.index == *index)
-            .ok_or(SelectError::IndexOutOfRange {
-                index: *index,
-                len: records.len(),
-            }),
+        MbusSelector::Record(index) => {
+            records
+                .iter()
+                .find(|r| r.index == *index)
+                .ok_or(SelectError::IndexOutOfRange {
+                    index: *index,
+                    len: records.len(),
+                })
+        }
         MbusSelector::Quantity {
             quantity,
             storage,
@@ -94,7 +96,8 @@ pub fn select<'a>(
                             records.iter().map(|r| r.quantity.as_str()).collect();
                         names.sort_unstable();
                         names.dedup();
-                        candidates.push(format!("quantities in this readout: {}", names.join(", ")));
+                        candidates
+                            .push(format!("quantities in this readout: {}", names.join(", ")));
                     }
                     Err(SelectError::NotFound { wanted, candidates })
                 }
@@ -126,7 +129,8 @@ fn attributes(
     function: &str,
     modifiers: &[&str],
 ) -> String {
-    let mut s = format!("{quantity} storage {storage} tariff {tariff} subunit {subunit} {function}");
+    let mut s =
+        format!("{quantity} storage {storage} tariff {tariff} subunit {subunit} {function}");
     if !modifiers.is_empty() {
         s.push_str(&format!(" [{}]", modifiers.join(", ")));
     }
@@ -207,7 +211,10 @@ mod tests {
         ];
         // Without modifiers: only the record without meaning-changing modifiers (the record
         // error annotation does not count).
-        assert_eq!(select(&records, &q("volume", 0), &[]).map(|r| r.index), Ok(2));
+        assert_eq!(
+            select(&records, &q("volume", 0), &[]).map(|r| r.index),
+            Ok(2)
+        );
         assert_eq!(
             select(&records, &q("volume", 0), &strings(&["backward_flow"])).map(|r| r.index),
             Ok(1)
@@ -216,7 +223,10 @@ mod tests {
             select(&records, &q("volume", 0), &strings(&["forward_flow"])).map(|r| r.index),
             Ok(0)
         );
-        assert_eq!(select(&records, &q("volume", 1), &[]).map(|r| r.index), Ok(3));
+        assert_eq!(
+            select(&records, &q("volume", 1), &[]).map(|r| r.index),
+            Ok(3)
+        );
         assert_eq!(
             select(&records, &MbusSelector::Record(1), &[]).map(|r| r.index),
             Ok(1)
@@ -236,10 +246,8 @@ mod tests {
             SelectError::Ambiguous {
                 wanted: "volume storage 0 tariff 0 subunit 0 instantaneous".into(),
                 candidates: vec![
-                    "record 0: volume storage 0 tariff 0 subunit 0 instantaneous = 0.042 m3"
-                        .into(),
-                    "record 4: volume storage 0 tariff 0 subunit 0 instantaneous = 0.042 m3"
-                        .into(),
+                    "record 0: volume storage 0 tariff 0 subunit 0 instantaneous = 0.042 m3".into(),
+                    "record 4: volume storage 0 tariff 0 subunit 0 instantaneous = 0.042 m3".into(),
                 ],
             }
         );
@@ -248,7 +256,10 @@ mod tests {
 
     #[test]
     fn not_found_lists_what_there_is() {
-        let records = vec![rec(0, "volume", 0, &["backward_flow"]), rec(1, "energy", 0, &[])];
+        let records = vec![
+            rec(0, "volume", 0, &["backward_flow"]),
+            rec(1, "energy", 0, &[]),
+        ];
         let err = select(&records, &q("volume", 0), &[]).expect_err("not found");
         let SelectError::NotFound { candidates, .. } = &err else {
             panic!("{err:?}")
@@ -262,7 +273,8 @@ mod tests {
         );
         let err = select(&records, &q("power", 0), &[]).expect_err("not found");
         assert!(
-            err.to_string().contains("quantities in this readout: energy, volume"),
+            err.to_string()
+                .contains("quantities in this readout: energy, volume"),
             "{err}"
         );
         assert!(matches!(

@@ -274,7 +274,12 @@ pub fn alternate_extension(code: u8) -> Meaning {
     }
 }
 
-const fn fahrenheit(quantity: &'static str, unit: &'static str, c: u8, difference: bool) -> Meaning {
+const fn fahrenheit(
+    quantity: &'static str,
+    unit: &'static str,
+    c: u8,
+    difference: bool,
+) -> Meaning {
     Meaning {
         quantity,
         unit,
@@ -395,7 +400,10 @@ pub fn combinable(code: u8) -> (String, Effect) {
         0x7C => (String::new(), Effect::Extension),
         0x7D => (String::new(), Effect::Scale(3)),
         0x7E => tag("future_value"),
-        0x7F => ("manufacturer_specific".to_owned(), Effect::ManufacturerSpecific),
+        0x7F => (
+            "manufacturer_specific".to_owned(),
+            Effect::ManufacturerSpecific,
+        ),
         _ => (format!("vife_0x{c:02x}"), Effect::Tag),
     }
 }
@@ -477,7 +485,11 @@ pub fn fixed_unit(code: u8) -> FixedUnit {
         0x14..=0x1C => num("power", "W", Factor::pow10(i32::from(c) - 0x14)),
         0x1D..=0x25 => num("power", "J/h", Factor::pow10(i32::from(c) - 0x1D + 3)),
         0x26..=0x2E => num("volume", "m3", Factor::pow10(i32::from(c) - 0x26 - 6)),
-        0x2F..=0x37 => num("volume_flow", "m3/h", Factor::pow10(i32::from(c) - 0x2F - 6)),
+        0x2F..=0x37 => num(
+            "volume_flow",
+            "m3/h",
+            Factor::pow10(i32::from(c) - 0x2F - 6),
+        ),
         0x38 => num("temperature", "°C", Factor::pow10(-3)),
         0x39 => plain("units_for_hca"),
         0x3E => return FixedUnit::Historic,
@@ -535,8 +547,14 @@ mod tests {
         assert_eq!(primary(0x86), primary(0x06), "extension bit is ignored");
         assert_eq!(main_extension(0x48).kind, Kind::Number(Factor::pow10(-1)));
         assert_eq!(main_extension(0x59).kind, Kind::Number(Factor::pow10(-3)));
-        assert_eq!(alternate_extension(0x00).kind, Kind::Number(Factor::pow10(5)));
-        assert_eq!(alternate_extension(0x01).kind, Kind::Number(Factor::pow10(6)));
+        assert_eq!(
+            alternate_extension(0x00).kind,
+            Kind::Number(Factor::pow10(5))
+        );
+        assert_eq!(
+            alternate_extension(0x01).kind,
+            Kind::Number(Factor::pow10(6))
+        );
         assert_eq!(primary(0x22).kind, Kind::Number(duration(2)));
         assert_eq!(primary(0x7F), UNKNOWN);
         assert_eq!(main_extension(0x7C), UNKNOWN);
@@ -548,8 +566,14 @@ mod tests {
         assert_eq!(combinable(0x4B).0, "end_of_first_upper_limit_exceed");
         assert!(combinable(0x00).0.starts_with(RECORD_ERROR_PREFIX));
         assert!(combinable(0x19).0.starts_with(RECORD_ERROR_PREFIX));
-        assert_eq!(fixed_unit(0x29), FixedUnit::Meaning(num("volume", "m3", Factor::pow10(-3))));
-        assert_eq!(fixed_unit(0x05), FixedUnit::Meaning(num("energy", "Wh", Factor::pow10(3))));
+        assert_eq!(
+            fixed_unit(0x29),
+            FixedUnit::Meaning(num("volume", "m3", Factor::pow10(-3)))
+        );
+        assert_eq!(
+            fixed_unit(0x05),
+            FixedUnit::Meaning(num("energy", "Wh", Factor::pow10(3)))
+        );
         assert_eq!(fixed_unit(0x3E), FixedUnit::Historic);
     }
 }

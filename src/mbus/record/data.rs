@@ -144,7 +144,10 @@ impl std::fmt::Display for Decimal {
             let (a, b) = digits.split_at(digits.len() - point);
             (a.to_owned(), b.to_owned())
         } else {
-            ("0".to_owned(), format!("{}{digits}", "0".repeat(point - digits.len())))
+            (
+                "0".to_owned(),
+                format!("{}{digits}", "0".repeat(point - digits.len())),
+            )
         };
         let frac_part = frac_part.trim_end_matches('0');
         if frac_part.is_empty() {
@@ -288,10 +291,17 @@ mod tests {
         assert_eq!(bcd(&[0x78, 0x56, 0x34, 0x12]), Ok(12_345_678));
         // Sign nibble: F in the most significant position.
         assert_eq!(bcd(&[0x23, 0xF1]), Ok(-123));
-        assert_eq!(bcd(&[0x99, 0x99, 0x99, 0x99, 0x99, 0x99]), Ok(999_999_999_999));
+        assert_eq!(
+            bcd(&[0x99, 0x99, 0x99, 0x99, 0x99, 0x99]),
+            Ok(999_999_999_999)
+        );
         // Error digits are kept as text, most significant first.
         assert_eq!(bcd(&[0xBD, 0xEB, 0xDD, 0xDD]), Err("DDDDEBBD".into()));
-        assert_eq!(bcd(&[0xF1, 0x00]), Err("00F1".into()), "F only counts on top");
+        assert_eq!(
+            bcd(&[0xF1, 0x00]),
+            Err("00F1".into()),
+            "F only counts on top"
+        );
         assert_eq!(bcd(&[]), Ok(0));
     }
 
@@ -302,7 +312,10 @@ mod tests {
         assert_eq!(int(&[0xFE, 0xFF, 0xFF, 0xFF]), -2);
         assert_eq!(int(&[0x00, 0x80]), -32768);
         assert_eq!(int(&[0xFF; 8]), -1);
-        assert_eq!(int(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]), i128::from(i64::MAX));
+        assert_eq!(
+            int(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
+            i128::from(i64::MAX)
+        );
         assert_eq!(int(&[0xFF; 16]), -1);
         assert_eq!(int(&[0xFF; 15]), -1);
         assert_eq!(int(&[]), 0);
@@ -336,7 +349,10 @@ mod tests {
             })
         );
         assert_eq!(Decimal::from_f32(f32::NAN), None);
-        assert_eq!(Decimal::from_f32(f32::MIN_POSITIVE).map(|d| d.to_f64() > 0.0), Some(true));
+        assert_eq!(
+            Decimal::from_f32(f32::MIN_POSITIVE).map(|d| d.to_f64() > 0.0),
+            Some(true)
+        );
     }
 
     #[test]
@@ -347,9 +363,18 @@ mod tests {
         };
         assert_eq!(d.to_string(), "0.042");
         assert_eq!(d.to_f64(), 0.042);
-        assert_eq!(d.plus_pow10(-1).map(|d| d.to_string()), Some("0.142".into()));
-        assert_eq!(d.plus_pow10(-5).map(|d| d.to_string()), Some("0.04201".into()));
-        assert_eq!(d.times(3600, 0).map(|d| d.to_string()), Some("151.2".into()));
+        assert_eq!(
+            d.plus_pow10(-1).map(|d| d.to_string()),
+            Some("0.142".into())
+        );
+        assert_eq!(
+            d.plus_pow10(-5).map(|d| d.to_string()),
+            Some("0.04201".into())
+        );
+        assert_eq!(
+            d.times(3600, 0).map(|d| d.to_string()),
+            Some("151.2".into())
+        );
         let big = Decimal {
             mantissa: 1_389_817,
             exponent: 3,
@@ -393,13 +418,25 @@ mod tests {
         assert_eq!(date_g([0x1F, 0x3C]), Ok("2024-12-31".into()));
         assert_eq!(date_g([0x5F, 0x1C]), Ok("2010-12-31".into()));
         assert_eq!(date_g([0x00, 0x00]), Err("0000".into()));
-        assert_eq!(date_time_f([0x0C, 0x15, 0xA8, 0x22]), Ok("2021-02-08T21:12:00".into()));
+        assert_eq!(
+            date_time_f([0x0C, 0x15, 0xA8, 0x22]),
+            Ok("2021-02-08T21:12:00".into())
+        );
         // Every year: 1 January (landis+gyr_ultraheat_t230).
-        assert_eq!(date_time_f([0x00, 0x00, 0xE1, 0xF1]), Ok("--01-01T00:00:00".into()));
+        assert_eq!(
+            date_time_f([0x00, 0x00, 0xE1, 0xF1]),
+            Ok("--01-01T00:00:00".into())
+        );
         // Hundred-year bits: 2 → 1900 + 200 + 21.
-        assert_eq!(date_time_f([0x0C, 0x55, 0xA8, 0x22]), Ok("2121-02-08T21:12:00".into()));
+        assert_eq!(
+            date_time_f([0x0C, 0x55, 0xA8, 0x22]),
+            Ok("2121-02-08T21:12:00".into())
+        );
         // Window: 96 → 1996.
-        assert_eq!(date_time_f([0x00, 0x00, 0x01, 0xC1]), Ok("1996-01-01T00:00:00".into()));
+        assert_eq!(
+            date_time_f([0x00, 0x00, 0x01, 0xC1]),
+            Ok("1996-01-01T00:00:00".into())
+        );
         assert!(date_time_f([0x8C, 0x15, 0xA8, 0x22]).is_err(), "IV bit");
         assert!(date_time_f([0x0C, 0x18, 0xA8, 0x22]).is_err(), "hour 24");
         assert_eq!(

@@ -78,7 +78,14 @@ fn reference_9_1_amtron_byte_for_byte() {
     let got: Vec<(&str, &str, Value, usize)> = t
         .records
         .iter()
-        .map(|r| (r.quantity.as_str(), r.unit.as_str(), r.value.clone(), r.index))
+        .map(|r| {
+            (
+                r.quantity.as_str(),
+                r.unit.as_str(),
+                r.value.clone(),
+                r.index,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -148,7 +155,14 @@ fn reference_9_2_constructed_heat_meter_byte_for_byte() {
             ("return_temperature", "°C", num(412, -1), 0, 0, vec![]),
             ("volume", "m3", num(42, -3), 0, 0, vec!["backward_flow"]),
             ("energy", "Wh", num(29810, 3), 1, 0, vec![]),
-            ("time_point", "", Value::Date("2024-12-31".into()), 1, 0, vec![]),
+            (
+                "time_point",
+                "",
+                Value::Date("2024-12-31".into()),
+                1,
+                0,
+                vec![]
+            ),
             ("energy", "Wh", num(500, 3), 0, 1, vec![]),
             ("error_flags", "", num(0, 0), 0, 0, vec![]),
         ]
@@ -201,7 +215,13 @@ fn integers_of_every_width() {
     check("02 13 00 80", "volume", "m3", num(-32768, -3), &[]);
     check("03 13 FF FF 7F", "volume", "m3", num(8_388_607, -3), &[]);
     check("04 13 FE FF FF FF", "volume", "m3", num(-2, -3), &[]);
-    check("06 13 01 00 00 00 00 80", "volume", "m3", num(-140_737_488_355_327, -3), &[]);
+    check(
+        "06 13 01 00 00 00 00 80",
+        "volume",
+        "m3",
+        num(-140_737_488_355_327, -3),
+        &[],
+    );
     check(
         "07 13 FF FF FF FF FF FF FF 7F",
         "volume",
@@ -216,7 +236,13 @@ fn bcd_with_sign_and_error_digits() {
     check("09 13 42", "volume", "m3", num(42, -3), &[]);
     check("0A 13 34 12", "volume", "m3", num(1234, -3), &[]);
     check("0B 13 56 34 12", "volume", "m3", num(123_456, -3), &[]);
-    check("0E 13 12 90 78 56 34 12", "volume", "m3", num(123_456_789_012, -3), &[]);
+    check(
+        "0E 13 12 90 78 56 34 12",
+        "volume",
+        "m3",
+        num(123_456_789_012, -3),
+        &[],
+    );
     check("0A 13 34 F2", "volume", "m3", num(-234, -3), &[]);
     // Value during error state with hex digits (ELS_Elster-F96-Plus): kept as digits.
     let r = one("3C 2B BD EB DD DD");
@@ -228,7 +254,13 @@ fn bcd_with_sign_and_error_digits() {
 #[test]
 fn reals() {
     check("05 2E 00 00 C0 3F", "power", "W", Value::Real(1500.0), &[]);
-    check("05 5A 00 00 20 41", "flow_temperature", "°C", Value::Real(1.0), &[]);
+    check(
+        "05 5A 00 00 20 41",
+        "flow_temperature",
+        "°C",
+        Value::Real(1.0),
+        &[],
+    );
     let r = one("05 2B 00 00 C0 7F");
     assert!(matches!(r.value, Value::Real(x) if x.is_nan()));
 }
@@ -264,7 +296,13 @@ fn variable_length_fields() {
 
 #[test]
 fn dates_and_times() {
-    check("02 6C 1F 3C", "time_point", "", Value::Date("2024-12-31".into()), &[]);
+    check(
+        "02 6C 1F 3C",
+        "time_point",
+        "",
+        Value::Date("2024-12-31".into()),
+        &[],
+    );
     check(
         "04 6D 0C 15 A8 22",
         "time_point",
@@ -279,9 +317,21 @@ fn dates_and_times() {
         Value::Date("2021-02-08T21:12:05".into()),
         &[],
     );
-    check("03 6D 05 0C 15", "time_point", "", Value::Date("21:12:05".into()), &[]);
+    check(
+        "03 6D 05 0C 15",
+        "time_point",
+        "",
+        Value::Date("21:12:05".into()),
+        &[],
+    );
     // All zeros is no date.
-    check("02 6C 00 00", "time_point", "", Value::Invalid("0000".into()), &[]);
+    check(
+        "02 6C 00 00",
+        "time_point",
+        "",
+        Value::Invalid("0000".into()),
+        &[],
+    );
     // "Every year" (landis+gyr_ultraheat_t230): year 127.
     check(
         "04 6D 00 00 E1 F1",
@@ -323,7 +373,13 @@ fn primary_table() {
     check("01 6E 02", "units_for_hca", "", num(2, 0), &[]);
     check("01 72 02", "averaging_duration", "s", num(7200, 0), &[]);
     check("01 75 02", "actuality_duration", "s", num(120, 0), &[]);
-    check("0C 78 78 56 34 12", "fabrication_number", "", num(12_345_678, 0), &[]);
+    check(
+        "0C 78 78 56 34 12",
+        "fabrication_number",
+        "",
+        num(12_345_678, 0),
+        &[],
+    );
     check("01 79 02", "enhanced_identification", "", num(2, 0), &[]);
     check("01 7A 02", "bus_address", "", num(2, 0), &[]);
     // 7B alone is not a VIF (libmbus issue #169): kept, unknown and raw.
@@ -335,15 +391,39 @@ fn extension_tables() {
     check("02 FD 48 E6 00", "voltage", "V", num(230, -1), &[]);
     check("02 FD 59 E8 03", "current", "A", num(1000, -3), &[]);
     check("01 FD 17 04", "error_flags", "", num(4, 0), &[]);
-    check("01 FD 28 02", "storage_interval", "s", num(525_948_766, -2), &[]);
-    check("01 FD 6F 01", "battery_operating_time", "s", num(31_556_926, 0), &[]);
+    check(
+        "01 FD 28 02",
+        "storage_interval",
+        "s",
+        num(525_948_766, -2),
+        &[],
+    );
+    check(
+        "01 FD 6F 01",
+        "battery_operating_time",
+        "s",
+        num(31_556_926, 0),
+        &[],
+    );
     // FB: MWh and GJ.
     check("04 FB 00 08 00 00 00", "energy", "Wh", num(8, 5), &[]);
     check("04 FB 09 03 00 00 00", "energy", "J", num(3, 9), &[]);
     check("04 FB 11 03 00 00 00", "volume", "m3", num(3, 3), &[]);
     // °F converted to °C.
-    check("01 FB 5B 32", "flow_temperature", "°C", Value::Real(10.0), &[]);
-    check("01 FB 63 09", "temperature_difference", "K", Value::Real(5.0), &[]);
+    check(
+        "01 FB 5B 32",
+        "flow_temperature",
+        "°C",
+        Value::Real(10.0),
+        &[],
+    );
+    check(
+        "01 FB 63 09",
+        "temperature_difference",
+        "K",
+        Value::Real(5.0),
+        &[],
+    );
     // Reserved codes of the FD table are unknown and raw.
     check("01 FD 7C 01", "unknown", "", num(1, 0), &[]);
 }
@@ -351,8 +431,20 @@ fn extension_tables() {
 #[test]
 fn combinable_vifes_and_corrections() {
     // Forward and backward flow differ only in the modifier (EDC).
-    check("04 86 3B 23 00 00 00", "energy", "Wh", num(35, 3), &["forward_flow"]);
-    check("04 86 3C D1 01 00 00", "energy", "Wh", num(465, 3), &["backward_flow"]);
+    check(
+        "04 86 3B 23 00 00 00",
+        "energy",
+        "Wh",
+        num(35, 3),
+        &["forward_flow"],
+    );
+    check(
+        "04 86 3C D1 01 00 00",
+        "energy",
+        "Wh",
+        num(465, 3),
+        &["backward_flow"],
+    );
     // Multiplicative 10^(n−6), 10^3, additive 10^(n−3) in the VIF's unit.
     check("01 96 74 05", "volume", "m3", num(5, -2), &[]);
     check("01 96 7D 05", "volume", "m3", num(5, 3), &[]);
@@ -360,8 +452,20 @@ fn combinable_vifes_and_corrections() {
     // Every correction of the chain applies, not only the first.
     check("01 96 FD 74 05", "volume", "m3", num(5, 1), &[]);
     // Per-time and pulse modifiers keep the quantity.
-    check("04 90 28 0B 00 00 00", "volume", "m3", num(11, -6), &["per_input_pulse_channel_0"]);
-    check("01 96 A2 3B 05", "volume", "m3", num(5, 0), &["per_hour", "forward_flow"]);
+    check(
+        "04 90 28 0B 00 00 00",
+        "volume",
+        "m3",
+        num(11, -6),
+        &["per_input_pulse_channel_0"],
+    );
+    check(
+        "01 96 A2 3B 05",
+        "volume",
+        "m3",
+        num(5, 0),
+        &["per_hour", "forward_flow"],
+    );
     // A date of an event (landis+gyr_ultraheat_t230: maximum power, end of last period).
     let r = one("94 10 DA 6F 32 14 7A 18");
     assert_eq!(
@@ -372,7 +476,13 @@ fn combinable_vifes_and_corrections() {
     assert_eq!(r.modifiers, ["end_of_last"]);
     assert_eq!(r.unit, "");
     // A count and a duration of limit exceeds.
-    check("01 DA 49 03", "flow_temperature", "", num(3, 0), &["upper_limit_exceed_count"]);
+    check(
+        "01 DA 49 03",
+        "flow_temperature",
+        "",
+        num(3, 0),
+        &["upper_limit_exceed_count"],
+    );
     check(
         "01 DA 5A 03",
         "flow_temperature",
@@ -381,20 +491,50 @@ fn combinable_vifes_and_corrections() {
         &["duration_of_first_upper_limit_exceed"],
     );
     // Future value on a date (REL-Relay-Padpuls2).
-    check("42 EC 7E FF 1C", "time_point", "", Value::Date("2015-12-31".into()), &["future_value"]);
+    check(
+        "42 EC 7E FF 1C",
+        "time_point",
+        "",
+        Value::Date("2015-12-31".into()),
+        &["future_value"],
+    );
     // Record error annotations.
-    check("04 84 00 01 00 00 00", "energy", "Wh", num(1, 1), &["record_error_none"]);
+    check(
+        "04 84 00 01 00 00 00",
+        "energy",
+        "Wh",
+        num(1, 1),
+        &["record_error_none"],
+    );
     // Non-metric units: not what the VIF says, so unknown and raw.
     check("01 86 3D 05", "unknown", "", num(5, 0), &["non_metric"]);
     // The combinable extension table behind FC.
-    check("02 FD C8 FC 01 E6 00", "voltage", "V", num(230, -1), &["at_phase_l1"]);
+    check(
+        "02 FD C8 FC 01 E6 00",
+        "voltage",
+        "V",
+        num(230, -1),
+        &["at_phase_l1"],
+    );
 }
 
 #[test]
 fn manufacturer_specific_is_kept_raw() {
     // 7F after a standard VIF: the rest of the chain is the manufacturer's (EMU, SBC ALE3).
-    check("04 AB FF 01 FE FF FF FF", "power", "W", num(-2, 0), &["manufacturer_specific"]);
-    check("02 FD C9 FF 01 DF 00", "voltage", "V", num(223, 0), &["manufacturer_specific"]);
+    check(
+        "04 AB FF 01 FE FF FF FF",
+        "power",
+        "W",
+        num(-2, 0),
+        &["manufacturer_specific"],
+    );
+    check(
+        "02 FD C9 FF 01 DF 00",
+        "voltage",
+        "V",
+        num(223, 0),
+        &["manufacturer_specific"],
+    );
     // A manufacturer-specific VIF: its VIFEs are not read against the standard tables, so the
     // F2 of ABB B21 is no correction factor (m-bus-parser #114).
     let r = one("04 FF F2 01 E8 03 00 00");
@@ -415,9 +555,21 @@ fn manufacturer_specific_is_kept_raw() {
 #[test]
 fn plain_text_vif_in_both_positions() {
     // Text right after the VIF, before the VIFEs (Elvaco CMa10/CMa11, libmbus's reading).
-    check("02 FC 03 48 52 25 74 D4 11", "plain_text", "%RH", num(4564, -2), &[]);
+    check(
+        "02 FC 03 48 52 25 74 D4 11",
+        "plain_text",
+        "%RH",
+        num(4564, -2),
+        &[],
+    );
     // The standard position: after the VIFE chain.
-    check("02 FC 74 03 48 52 25 D4 11", "plain_text", "%RH", num(4564, -2), &[]);
+    check(
+        "02 FC 74 03 48 52 25 D4 11",
+        "plain_text",
+        "%RH",
+        num(4564, -2),
+        &[],
+    );
     // Without VIFEs both coincide.
     check("01 7C 01 43 05", "plain_text", "C", num(5, 0), &[]);
     let r = one("02 FC 03 48 52 25 74 D4 11");
@@ -438,7 +590,10 @@ fn storage_tariff_subunit_from_the_dife_chain() {
     assert_eq!((r.storage, r.tariff, r.subunit), (0, 2, 1));
     // DIF storage bit + two DIFEs: storage 1 | 0xF << 1 | 0x3 << 5, tariff 1 | 2 << 2, sub-unit 2.
     let r = one("C2 9F 63 6C 1F 3C");
-    assert_eq!((r.storage, r.tariff, r.subunit), (1 | (0xF << 1) | (3 << 5), 1 | (2 << 2), 2));
+    assert_eq!(
+        (r.storage, r.tariff, r.subunit),
+        (1 | (0xF << 1) | (3 << 5), 1 | (2 << 2), 2)
+    );
     // Ten DIFEs: the widest storage number.
     let r = one("C1 8F 8F 8F 8F 8F 8F 8F 8F 8F 0F 13 01");
     assert_eq!(r.storage, (1u64 << 41) - 1);
@@ -461,11 +616,19 @@ fn fixed_data_structure() {
     assert_eq!(t.header.id, "12345678");
     assert_eq!((t.header.medium, t.header.access_number), (7, 10));
     assert_eq!(
-        (t.records[0].quantity.as_str(), &t.records[0].value, t.records[0].storage),
+        (
+            t.records[0].quantity.as_str(),
+            &t.records[0].value,
+            t.records[0].storage
+        ),
         ("volume", &num(1, -3), 0)
     );
     assert_eq!(
-        (t.records[1].quantity.as_str(), &t.records[1].value, t.records[1].storage),
+        (
+            t.records[1].quantity.as_str(),
+            &t.records[1].value,
+            t.records[1].storage
+        ),
         ("volume", &num(135, -3), 1)
     );
     // Binary counters (status bit 7) and stored values (bit 6).
@@ -518,7 +681,10 @@ fn errors_name_the_place() {
     assert_eq!(err("8B 60 04 37 18"), premature("data", 0, 15));
     assert_eq!(err("0D 13"), premature("variable-length LVAR", 0, 14));
     assert_eq!(err("0D 13 05 41"), premature("data", 0, 15));
-    assert_eq!(err("12 FC 13 48 52 25 74 B4"), premature("plain-text VIF", 0, 14));
+    assert_eq!(
+        err("12 FC 13 48 52 25 74 B4"),
+        premature("plain-text VIF", 0, 14)
+    );
     assert_eq!(
         err("12 FC F3 48 52 25 74 B4"),
         E::PlainTextTooLong {
