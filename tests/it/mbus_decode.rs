@@ -764,3 +764,29 @@ fn unsupported_frames_give_clear_errors_or_flagged_results() {
         assert_eq!(result.err().as_deref(), Some(*message), "{stem}");
     }
 }
+
+/// Raw bytes stay in wire order. libmbus prints binary data most significant byte first since
+/// 2025 (`example_binary16_lvar.norm.xml`), but the 26 older expected files with hex dumps still
+/// list wire order (README quirk 1): the comparison above accepts either order, and this pins
+/// down ours.
+#[test]
+fn binary_data_keeps_wire_order() {
+    let Ok(Response::Data(t)) = decode_file(&dir("test-frames").join("example_binary16_lvar.hex"))
+    else {
+        panic!("example_binary16_lvar")
+    };
+    let r = &t.records[0];
+    assert_eq!((r.quantity.as_str(), r.unit.as_str()), ("plain_text", "PW"));
+    assert_eq!(
+        r.value,
+        Value::Bytes(from_hex("96 07 5B 2A 27 A6 93 01 3D B5 1A B3 DC D1 3E 17").expect("hex"))
+    );
+    let Ok(Response::Data(t)) = decode_file(&dir("test-frames").join("kamstrup_382_005.hex"))
+    else {
+        panic!("kamstrup_382_005")
+    };
+    assert_eq!(
+        hex(&t.manufacturer_data),
+        "00000000000000000000000000000010"
+    );
+}
