@@ -87,6 +87,14 @@ pub const MBUS_QUANTITIES: &[(&str, Option<&str>)] = &[
     ("apparent_energy", Some("VAh")),
     ("temperature_limit", Some("°C")),
     ("cumulative_max_power", Some("W")),
+    ("reactive_power", Some("var")),
+    ("apparent_power", Some("VA")),
+    ("frequency", Some("Hz")),
+    ("relative_humidity", Some("%")),
+    // The legacy fixed data structure (CI 73) has a temperature without flow/return.
+    ("temperature", Some("°C")),
+    // A plain-text VIF: the meter names its own unit, which the record carries.
+    ("plain_text", None),
 ];
 
 /// Whether `name` is an M-Bus quantity, and its base unit.

@@ -6,5 +6,6 @@ mod common;
 mod config;
 mod crash;
 mod daemon;
+mod mbus_decode;
 mod rtu;
 mod sender;
