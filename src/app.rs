@@ -100,13 +100,31 @@ pub async fn run_with(
     }
     for bus in &config.mbus {
         let link = MbusLink::new(bus);
-        let meters: Vec<MbusMeterPoller> =
-            bus.meters.iter().cloned().map(|m| MbusMeterPoller::new(m, bus.retries)).collect();
-        tracker.spawn(run_bus(bus.name.clone(), link, meters, ctx.clone(), tasks.child_token()));
+        let meters: Vec<MbusMeterPoller> = bus
+            .meters
+            .iter()
+            .cloned()
+            .map(|m| MbusMeterPoller::new(m, bus.retries))
+            .collect();
+        tracker.spawn(run_bus(
+            bus.name.clone(),
+            link,
+            meters,
+            ctx.clone(),
+            tasks.child_token(),
+        ));
     }
     tracker.close();
-    let meters: usize = config.modbus_tcp.iter().map(|b| b.meters.len()).sum::<usize>()
-        + config.modbus_rtu.iter().map(|b| b.meters.len()).sum::<usize>()
+    let meters: usize = config
+        .modbus_tcp
+        .iter()
+        .map(|b| b.meters.len())
+        .sum::<usize>()
+        + config
+            .modbus_rtu
+            .iter()
+            .map(|b| b.meters.len())
+            .sum::<usize>()
         + config.mbus.iter().map(|b| b.meters.len()).sum::<usize>();
     tracing::info!(
         buses = config.modbus_tcp.len() + config.modbus_rtu.len() + config.mbus.len(),

@@ -345,9 +345,19 @@ fn main() -> ExitCode {
             Err(e) => e,
         },
         Command::Scan {
-            what: ScanWhat::Mbus { port, baud, secondary, addresses, timeout, retries },
+            what:
+                ScanWhat::Mbus {
+                    port,
+                    baud,
+                    secondary,
+                    addresses,
+                    timeout,
+                    retries,
+                },
         } => match runtime() {
-            Ok(rt) => rt.block_on(commands::mbus::scan(port, baud, secondary, addresses, timeout, retries)),
+            Ok(rt) => rt.block_on(commands::mbus::scan(
+                port, baud, secondary, addresses, timeout, retries,
+            )),
             Err(e) => e,
         },
         Command::Mbus {

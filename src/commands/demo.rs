@@ -1,6 +1,6 @@
 //! `demo [--seconds N]`: the real pipeline — config validation, bus tasks, the durable queue and
 //! the sender — against built-in simulated meters (a Modbus TCP meter, and two Modbus RTU meters
-//! on an RS-485 line emulated on a pseudo-terminal) and the built-in stand-in of the Enectiva
+//! on an RS-485 line, and an M-Bus heat meter, both emulated on pseudo-terminals) and the built-in stand-in of the Enectiva
 //! API, all on loopback with a temporary queue. Prints each delivery as the stand-in accepts
 //! it, then a summary. Needs no hardware, no network and no configuration.
 
@@ -17,6 +17,7 @@ use crate::modbus::Table;
 use crate::queue::QueueOptions;
 use crate::sender::SenderSettings;
 use crate::sim::api::StandIn;
+use crate::sim::mbus::{MbusLineOptions, SimMbus, SimSlave};
 use crate::sim::modbus::{SimMeter, SimModbus};
 use crate::sim::rtu::{LineTiming, SimRtuBus};
 
@@ -39,6 +40,7 @@ fn config_text(
     dir: &std::path::Path,
     tcp: std::net::SocketAddr,
     rtu: &std::path::Path,
+    mbus: &std::path::Path,
 ) -> String {
     format!(
         r#"# The configuration the demo runs with (validated like any other).
@@ -97,10 +99,27 @@ delay = "0ms"
     {{ quantity = "import_energy_total", import_id = "RTU2_IMPORT", unit = "kWh" }},
     {{ quantity = "voltage_l1", import_id = "RTU2_U1", unit = "V", kind = "data_point" }},
   ]
+
+[[mbus]]
+name = "demo-mbus"
+port = "{mbus}"
+baud = 2400
+timeout = "auto"
+
+  [[mbus.meter]]
+  name = "heat-flat-12"
+  address = 5
+  interval = "2s"
+  channels = [
+    {{ quantity = "energy", import_id = "HEAT_ENERGY", unit = "kWh" }},
+    {{ quantity = "volume", import_id = "HEAT_VOLUME", unit = "m3" }},
+    {{ quantity = "flow_temperature", import_id = "HEAT_TFLOW", unit = "°C", kind = "data_point" }},
+  ]
 "#,
         token = dir.join("token").display(),
         queue = dir.join("queue.db").display(),
         rtu = rtu.display(),
+        mbus = mbus.display(),
     )
 }
 
@@ -149,11 +168,24 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
             return Exit::Failure;
         }
     };
+    // A wired M-Bus with a heat meter behind a (simulated) level converter.
+    let mbus = match SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678)],
+        MbusLineOptions::default(),
+    )
+    .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: cannot start the simulated M-Bus: {e}");
+            return Exit::Failure;
+        }
+    };
     if let Err(e) = std::fs::write(dir.join("token"), TOKEN) {
         eprintln!("error: cannot write the demo token: {e}");
         return Exit::Failure;
     }
-    let text = config_text(&api.base_url(), dir, tcp.addr(), &rtu.path());
+    let text = config_text(&api.base_url(), dir, tcp.addr(), &rtu.path(), &mbus.path());
     let config = match Config::parse(&text, &dir.join("config.toml")) {
         Ok(c) => c,
         Err(e) => {
@@ -178,6 +210,10 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
     println!(
         "  Modbus RTU line         {} (two simulated SDM630s, units 1 and 2, 9600 baud 8E1 wire time emulated)",
         rtu.path().display()
+    );
+    println!(
+        "  M-Bus line             {} (a simulated Kamstrup-style heat meter at primary address 5, 2400 baud 8E1)",
+        mbus.path().display()
     );
     println!(
         "  queue                  {}",
@@ -235,11 +271,12 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
         e.1 = format!("{} {}", a.raw_value, a.unit.unwrap_or_default());
     }
     println!(
-        "summary: {} readings delivered in {:.1} s, {} Modbus TCP and {} Modbus RTU requests",
+        "summary: {} readings delivered in {:.1} s, {} Modbus TCP and {} Modbus RTU requests, {} M-Bus telegrams",
         api.accepted_count(),
         started.elapsed().as_secs_f64(),
         tcp.requests(),
-        rtu.requests()
+        rtu.requests(),
+        mbus.requests().len()
     );
     let mut missing = Vec::new();
     for ch in &channels {
@@ -253,6 +290,7 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
     }
     tcp.stop().await;
     rtu.close().await;
+    mbus.close().await;
     api.stop().await;
     if missing.is_empty() {
         println!(

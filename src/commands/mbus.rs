@@ -24,7 +24,10 @@ fn header_line(h: &Header) -> String {
 /// The 16-character secondary address libmbus prints (and the config accepts).
 fn secondary_string(h: &Header) -> String {
     let m = h.manufacturer_raw.to_le_bytes();
-    format!("{}{:02X}{:02X}{:02X}{:02X}", h.id, m[0], m[1], h.version, h.medium)
+    format!(
+        "{}{:02X}{:02X}{:02X}{:02X}",
+        h.id, m[0], m[1], h.version, h.medium
+    )
 }
 
 /// Parses `0-250`, `5` or `1,3,10-20` into primary addresses.
@@ -36,7 +39,14 @@ pub fn parse_addresses(s: &str) -> Result<Vec<u8>, String> {
     Ok(units)
 }
 
-pub async fn scan(port: PathBuf, baud: u32, secondary: bool, addresses: Vec<u8>, timeout: MbusTimeout, retries: u32) -> Exit {
+pub async fn scan(
+    port: PathBuf,
+    baud: u32,
+    secondary: bool,
+    addresses: Vec<u8>,
+    timeout: MbusTimeout,
+    retries: u32,
+) -> Exit {
     let mut link = MbusLink::with(port.clone(), baud, timeout);
     let mut err = std::io::stderr();
     let label = format!("{} {baud} baud 8E1", port.display());
@@ -51,7 +61,10 @@ pub async fn scan(port: PathBuf, baud: u32, secondary: bool, addresses: Vec<u8>,
         let mut done = 0usize;
         scan_primary(&mut link, addresses, retries, |a, n| {
             done += 1;
-            let _ = write!(err, "\rscanning {label}: address {a:>3} ({done}/{total}), {n} found   ");
+            let _ = write!(
+                err,
+                "\rscanning {label}: address {a:>3} ({done}/{total}), {n} found   "
+            );
             let _ = err.flush();
         })
         .await
@@ -87,7 +100,9 @@ pub async fn scan(port: PathBuf, baud: u32, secondary: bool, addresses: Vec<u8>,
 fn read_input(input: &Path) -> Result<String, String> {
     if input.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("cannot read stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
         return Ok(s);
     }
     std::fs::read_to_string(input).map_err(|e| format!("cannot read {}: {e}", input.display()))
@@ -111,12 +126,18 @@ pub fn decode(input: &Path) -> Exit {
     let frame = match frame::parse(&bytes) {
         Parsed::Frame(f, used) => {
             if used < bytes.len() {
-                eprintln!("note: {} byte(s) after the telegram ignored", bytes.len() - used);
+                eprintln!(
+                    "note: {} byte(s) after the telegram ignored",
+                    bytes.len() - used
+                );
             }
             f
         }
         Parsed::NeedMore(n) => {
-            eprintln!("error: the telegram is incomplete: {} of {n} bytes", bytes.len());
+            eprintln!(
+                "error: the telegram is incomplete: {} of {n} bytes",
+                bytes.len()
+            );
             return Exit::Failure;
         }
         Parsed::Invalid { error, .. } => {

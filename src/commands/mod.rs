@@ -4,8 +4,8 @@
 
 pub mod check;
 pub mod dead;
-pub mod mbus;
 pub mod demo;
+pub mod mbus;
 pub mod probe;
 pub mod profiles;
 pub mod read;

@@ -56,7 +56,12 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<Selected<'a>>,
     if names.is_empty() {
         return Ok(all);
     }
-    let is_mbus = |n: &String| config.mbus.iter().any(|b| b.meters.iter().any(|m| &m.name == n));
+    let is_mbus = |n: &String| {
+        config
+            .mbus
+            .iter()
+            .any(|b| b.meters.iter().any(|m| &m.name == n))
+    };
     let unknown: Vec<String> = names
         .iter()
         .filter(|n| !all.iter().any(|s| &s.meter.name == *n) && !is_mbus(n))
@@ -139,7 +144,12 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
                 .flat_map(|b| b.meters.iter())
                 .chain(config.modbus_rtu.iter().flat_map(|b| b.meters.iter()))
                 .map(|m| m.name.as_str())
-                .chain(config.mbus.iter().flat_map(|b| b.meters.iter().map(|m| m.name.as_str())))
+                .chain(
+                    config
+                        .mbus
+                        .iter()
+                        .flat_map(|b| b.meters.iter().map(|m| m.name.as_str())),
+                )
                 .collect();
             eprintln!(
                 "error: no meter named {}; known: {}",
@@ -224,7 +234,12 @@ pub async fn run(config: &Path, names: &[String], json: bool) -> Exit {
 
 /// Reads the named M-Bus meters (all when no names), listing every record so a user can choose
 /// channels. Returns how many failed.
-async fn read_mbus(config: &Config, names: &[String], json: bool, out: &mut Vec<serde_json::Value>) -> usize {
+async fn read_mbus(
+    config: &Config,
+    names: &[String],
+    json: bool,
+    out: &mut Vec<serde_json::Value>,
+) -> usize {
     let mut failed = 0;
     for bus in &config.mbus {
         let mut link = MbusLink::new(bus);
@@ -237,7 +252,9 @@ async fn read_mbus(config: &Config, names: &[String], json: bool, out: &mut Vec<
             match poller.readout(&mut link).await {
                 Ok(r) => {
                     let channels: Vec<Result<(crate::bus::Sample, usize), String>> =
-                        (0..meter.channels.len()).map(|i| poller.channel_value(i, &r.records)).collect();
+                        (0..meter.channels.len())
+                            .map(|i| poller.channel_value(i, &r.records))
+                            .collect();
                     if json {
                         let chans: Vec<serde_json::Value> = channels
                             .iter()
@@ -247,7 +264,9 @@ async fn read_mbus(config: &Config, names: &[String], json: bool, out: &mut Vec<
                                     "import_id": ch.output.series.import_id, "record": rec,
                                     "value": s.value, "unit": s.output.unit,
                                 }),
-                                Err(e) => json!({"import_id": ch.output.series.import_id, "error": e}),
+                                Err(e) => {
+                                    json!({"import_id": ch.output.series.import_id, "error": e})
+                                }
                             })
                             .collect();
                         out.push(json!({
@@ -284,7 +303,9 @@ async fn read_mbus(config: &Config, names: &[String], json: bool, out: &mut Vec<
                                     ch.output.series.kind,
                                     ch.output.series.import_id
                                 ),
-                                Err(e) => println!("    {}: NO VALUE: {e}", ch.output.series.import_id),
+                                Err(e) => {
+                                    println!("    {}: NO VALUE: {e}", ch.output.series.import_id)
+                                }
                             }
                         }
                     }

@@ -20,7 +20,7 @@ use super::frame::{self, ADDRESS_SELECTED, Frame, Parsed, SecondaryMask};
 use super::record::{self, Header, Record, Response};
 use super::select::select;
 use crate::bus::{BusMeter, LineErrors, LinkError, Sample};
-use crate::config::{MbusAddress, MbusBus, MbusMeter, MbusSelector, MbusTimeout, Parity, SecondaryAddress};
+use crate::config::{MbusAddress, MbusBus, MbusMeter, MbusTimeout, Parity, SecondaryAddress};
 use crate::modbus::rtu::{SerialSettings, open_port};
 use crate::units::{Conversion, Temperature, Transform};
 
@@ -86,8 +86,9 @@ impl MbusLink {
         match self.timeout {
             MbusTimeout::Fixed(d) => d,
             MbusTimeout::Auto => {
-                let window = Duration::from_micros(330_000_000 / u64::from(self.settings.baud.max(1)))
-                    + Duration::from_millis(50);
+                let window =
+                    Duration::from_micros(330_000_000 / u64::from(self.settings.baud.max(1)))
+                        + Duration::from_millis(50);
                 window.max(Duration::from_millis(500))
             }
         }
@@ -159,7 +160,11 @@ impl MbusLink {
 
 /// Reads until one frame from a slave is complete, or the timeouts run out. Returns the answer
 /// and the number of garbage bytes skipped.
-async fn receive(port: &mut SerialStream, first: Duration, inter: Duration) -> std::io::Result<(Answer, usize)> {
+async fn receive(
+    port: &mut SerialStream,
+    first: Duration,
+    inter: Duration,
+) -> std::io::Result<(Answer, usize)> {
     let mut buf: Vec<u8> = Vec::new();
     let mut garbage = 0usize;
     let mut got_any = false;
@@ -172,7 +177,11 @@ async fn receive(port: &mut SerialStream, first: Duration, inter: Duration) -> s
                 Parsed::Frame(f, used) => {
                     buf.drain(..used);
                     if f.is_from_master() {
-                        // Our own request, echoed by the converter.
+                        // Our own request, echoed by the converter: the answer has not begun,
+                        // so the first-byte timeout still applies.
+                        if buf.is_empty() {
+                            got_any = false;
+                        }
                         continue;
                     }
                     return Ok((Answer::Frame(f), garbage));
@@ -202,7 +211,10 @@ async fn receive(port: &mut SerialStream, first: Duration, inter: Duration) -> s
                 return Ok((Answer::Nothing, garbage));
             }
             Ok(Ok(0)) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "serial port closed"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "serial port closed",
+                ));
             }
             Ok(Ok(n)) => {
                 got_any = true;
@@ -232,7 +244,11 @@ impl crate::bus::Line for MbusLink {
 /// The select mask of a configured secondary address.
 pub fn mask_of(s: &SecondaryAddress) -> SecondaryMask {
     let mut m = SecondaryMask::for_id(&s.id).unwrap_or(SecondaryMask::ANY);
-    if let Some(code) = s.manufacturer.as_deref().and_then(SecondaryMask::manufacturer_code) {
+    if let Some(code) = s
+        .manufacturer
+        .as_deref()
+        .and_then(SecondaryMask::manufacturer_code)
+    {
         m.manufacturer = code;
     }
     if let Some(v) = s.version {
@@ -283,10 +299,19 @@ impl MbusMeterPoller {
     }
 
     /// Sends a request, retrying (same bytes, so the same FCB) when nothing valid comes back.
-    async fn request(&self, link: &mut MbusLink, bytes: &[u8]) -> Result<Option<Frame>, LinkError> {
+    /// `ack` says whether an `E5` is the expected answer; when a data telegram is expected, a
+    /// stray `E5` (a late acknowledgement of an earlier request) is not an answer.
+    async fn request(
+        &self,
+        link: &mut MbusLink,
+        bytes: &[u8],
+        ack: bool,
+    ) -> Result<Option<Frame>, LinkError> {
         for _ in 0..=self.retries {
-            if let Answer::Frame(f) = link.transact(bytes, true).await? {
-                return Ok(Some(f));
+            match link.transact(bytes, true).await? {
+                Answer::Frame(Frame::Ack) if !ack => {}
+                Answer::Frame(f) => return Ok(Some(f)),
+                _ => {}
             }
         }
         Ok(None)
@@ -311,10 +336,15 @@ impl MbusMeterPoller {
         }
         if let MbusAddress::Secondary(s) = &self.meter.address {
             let mask = mask_of(s);
-            match self.request(link, &frame::select(&mask, true)).await? {
+            match self
+                .request(link, &frame::select(&mask, true), true)
+                .await?
+            {
                 Some(Frame::Ack) => {}
                 Some(other) => {
-                    return Err(LinkError::Protocol(format!("select of {mask} answered with {other:?} instead of E5")));
+                    return Err(LinkError::Protocol(format!(
+                        "select of {mask} answered with {other:?} instead of E5"
+                    )));
                 }
                 None => return Err(LinkError::Timeout),
             }
@@ -323,7 +353,10 @@ impl MbusMeterPoller {
         let mut header = None;
         let mut telegrams = 0;
         for _ in 0..MAX_TELEGRAMS {
-            let Some(f) = self.request(link, &frame::req_ud2(addr, self.fcb)).await? else {
+            let Some(f) = self
+                .request(link, &frame::req_ud2(addr, self.fcb), false)
+                .await?
+            else {
                 return Err(LinkError::Timeout);
             };
             let response = record::decode(&f).map_err(|e| LinkError::Protocol(e.to_string()))?;
@@ -371,7 +404,11 @@ impl MbusMeterPoller {
     }
 
     /// The value of one channel from a readout, or why it has none.
-    pub fn channel_value(&self, channel: usize, records: &[Record]) -> Result<(Sample, usize), String> {
+    pub fn channel_value(
+        &self,
+        channel: usize,
+        records: &[Record],
+    ) -> Result<(Sample, usize), String> {
         let ch = self
             .meter
             .channels
@@ -388,7 +425,10 @@ impl MbusMeterPoller {
         };
         let to = ch.output.unit.clone().unwrap_or_else(|| rec.unit.clone());
         let conversion = Conversion::between(&rec.unit, &to, temperature).map_err(|e| {
-            format!("record {} ({} in {}): {e}", rec.index, rec.quantity, rec.unit)
+            format!(
+                "record {} ({} in {}): {e}",
+                rec.index, rec.quantity, rec.unit
+            )
         })?;
         let transform = Transform {
             source_scale: 1.0,
@@ -459,9 +499,17 @@ pub struct Found {
 }
 
 /// Reads the header of whatever answers REQ_UD2 at `addr`.
-async fn identify(link: &mut MbusLink, addr: u8, retries: u32) -> Result<Option<(Header, u8)>, LinkError> {
+async fn identify(
+    link: &mut MbusLink,
+    addr: u8,
+    retries: u32,
+) -> Result<Option<(Header, u8)>, LinkError> {
     for _ in 0..=retries {
         if let Answer::Frame(f) = link.transact(&frame::req_ud2(addr, true), true).await? {
+            if f == Frame::Ack {
+                // A late acknowledgement, not the data telegram asked for.
+                continue;
+            }
             return Ok(match record::decode(&f) {
                 Ok(Response::Data(t)) => Some((t.header, t.address)),
                 _ => None,
@@ -518,8 +566,10 @@ pub async fn scan_secondary(
     mut progress: impl FnMut(&SecondaryMask, usize),
 ) -> Result<Vec<Found>, LinkError> {
     // No slave may stay selected from before.
-    link.transact(&frame::snd_nke(ADDRESS_SELECTED), false).await?;
-    link.transact(&frame::snd_nke(frame::ADDRESS_BROADCAST), false).await?;
+    link.transact(&frame::snd_nke(ADDRESS_SELECTED), false)
+        .await?;
+    link.transact(&frame::snd_nke(frame::ADDRESS_BROADCAST), false)
+        .await?;
     let mut found = Vec::new();
     // An explicit stack instead of recursion: (mask, next digit position).
     let mut stack: Vec<(SecondaryMask, usize)> = vec![(SecondaryMask::ANY, 0)];
@@ -541,7 +591,9 @@ pub async fn scan_secondary(
             match answer {
                 Answer::Nothing => {}
                 Answer::Frame(Frame::Ack) => {
-                    if let Some((header, address)) = identify(link, ADDRESS_SELECTED, retries).await? {
+                    if let Some((header, address)) =
+                        identify(link, ADDRESS_SELECTED, retries).await?
+                    {
                         if !found.iter().any(|f: &Found| f.header == header) {
                             found.push(Found {
                                 primary: None,

@@ -3,6 +3,7 @@
 //! `json` renders a decoded answer for `mbus decode`, `select` maps a channel to a record; the
 //! serial edge lives in `bus`.
 
+pub mod bus;
 pub mod frame;
 pub mod json;
 pub mod record;

@@ -584,6 +584,13 @@ fn demo_runs_the_pipeline_and_delivers_every_channel() {
         "DEMO_POWER",
         "DEMO_U1",
         "DEMO_FREQ",
+        "RTU1_IMPORT",
+        "RTU1_POWER",
+        "RTU2_IMPORT",
+        "RTU2_U1",
+        "HEAT_ENERGY",
+        "HEAT_VOLUME",
+        "HEAT_TFLOW",
     ] {
         let line = stdout
             .lines()

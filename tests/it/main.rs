@@ -6,6 +6,7 @@ mod common;
 mod config;
 mod crash;
 mod daemon;
+mod mbus;
 mod mbus_decode;
 mod rtu;
 mod sender;

@@ -42,14 +42,24 @@ fn secondary(id: &str) -> MbusAddress {
     })
 }
 
-fn quantity_value(records: &[enectiva_collector::mbus::record::Record], q: &str, storage: u64) -> Option<f64> {
-    records.iter().find(|r| r.quantity == q && r.storage == storage).and_then(|r| r.as_f64())
+fn quantity_value(
+    records: &[enectiva_collector::mbus::record::Record],
+    q: &str,
+    storage: u64,
+) -> Option<f64> {
+    records
+        .iter()
+        .find(|r| r.quantity == q && r.storage == storage)
+        .and_then(|r| r.as_f64())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_and_secondary_reads() {
     let sim = SimMbus::start(
-        vec![SimSlave::heat_meter(5, 12345678), SimSlave::heat_meter(7, 87654321)],
+        vec![
+            SimSlave::heat_meter(5, 12345678),
+            SimSlave::heat_meter(7, 87654321),
+        ],
         MbusLineOptions::default(),
     )
     .await
@@ -57,24 +67,51 @@ async fn primary_and_secondary_reads() {
     let mut l = link(&sim, MbusTimeout::Auto);
     let mut p = MbusMeterPoller::new(meter("primary", MbusAddress::Primary(5)), 2);
     let r = p.readout(&mut l).await.expect("primary readout");
-    assert_eq!((r.address, r.header.id.as_str(), r.header.manufacturer.as_str()), (5, "12345678", "KAM"));
-    assert_eq!(quantity_value(&r.records, "energy", 0), Some(12_345_000.0), "energy in Wh");
+    assert_eq!(
+        (
+            r.address,
+            r.header.id.as_str(),
+            r.header.manufacturer.as_str()
+        ),
+        (5, "12345678", "KAM")
+    );
+    assert_eq!(
+        quantity_value(&r.records, "energy", 0),
+        Some(12_345_000.0),
+        "energy in Wh"
+    );
     assert_eq!(quantity_value(&r.records, "volume", 0), Some(6543.21));
-    assert_eq!(quantity_value(&r.records, "flow_temperature", 0), Some(63.5));
+    assert_eq!(
+        quantity_value(&r.records, "flow_temperature", 0),
+        Some(63.5)
+    );
     assert_eq!(quantity_value(&r.records, "energy", 1), Some(10_000_000.0));
     // A second readout: SND_NKE is not repeated, the FCB toggles, energy grew by 1 kWh.
     let r2 = p.readout(&mut l).await.expect("second readout");
     assert_eq!(quantity_value(&r2.records, "energy", 0), Some(12_346_000.0));
-    let kinds: Vec<RequestKind> = sim.requests().into_iter().filter(|q| q.address == 5).map(|q| q.kind).collect();
+    let kinds: Vec<RequestKind> = sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.address == 5)
+        .map(|q| q.kind)
+        .collect();
     assert_eq!(
         kinds,
-        vec![RequestKind::SndNke, RequestKind::ReqUd2 { fcb: true }, RequestKind::ReqUd2 { fcb: false }]
+        vec![
+            RequestKind::SndNke,
+            RequestKind::ReqUd2 { fcb: true },
+            RequestKind::ReqUd2 { fcb: false }
+        ]
     );
     // Secondary: select by identification number, read through address 253.
     let mut s = MbusMeterPoller::new(meter("secondary", secondary("87654321")), 2);
     let r = s.readout(&mut l).await.expect("secondary readout");
     assert_eq!((r.address, r.header.id.as_str()), (7, "87654321"));
-    assert!(sim.requests().iter().any(|q| matches!(q.kind, RequestKind::Select { .. }) && q.address == 0xFD));
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|q| matches!(q.kind, RequestKind::Select { .. }) && q.address == 0xFD)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +130,15 @@ async fn three_telegram_readout_delivers_every_record() {
     let mut p = MbusMeterPoller::new(meter("multi", MbusAddress::Primary(9)), 1);
     let r = p.readout(&mut l).await.expect("readout");
     assert_eq!(r.telegrams, 3);
-    let q: Vec<(usize, &str)> = r.records.iter().map(|r| (r.index, r.quantity.as_str())).collect();
-    assert_eq!(q, vec![(0, "energy"), (1, "volume"), (2, "flow_temperature")]);
+    let q: Vec<(usize, &str)> = r
+        .records
+        .iter()
+        .map(|r| (r.index, r.quantity.as_str()))
+        .collect();
+    assert_eq!(
+        q,
+        vec![(0, "energy"), (1, "volume"), (2, "flow_temperature")]
+    );
     assert_eq!(quantity_value(&r.records, "volume", 0), Some(0.002));
     let fcbs: Vec<bool> = sim
         .requests()
@@ -110,7 +154,11 @@ async fn three_telegram_readout_delivers_every_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoing_converter_slow_meter_and_absent_meter() {
     let sim = SimMbus::start(
-        vec![SimSlave::heat_meter(1, 10000001), SimSlave::heat_meter(2, 10000002), SimSlave::heat_meter(3, 10000003)],
+        vec![
+            SimSlave::heat_meter(1, 10000001),
+            SimSlave::heat_meter(2, 10000002),
+            SimSlave::heat_meter(3, 10000003),
+        ],
         MbusLineOptions {
             echo: true,
             timing: None,
@@ -133,7 +181,10 @@ async fn echoing_converter_slow_meter_and_absent_meter() {
     let t = Instant::now();
     let e = absent.readout(&mut l).await.expect_err("absent");
     let cost = t.elapsed();
-    assert!(cost < Duration::from_millis(2 * 2 * 500 + 500), "{cost:?}: {e}");
+    assert!(
+        cost < Duration::from_millis(2 * 2 * 500 + 500),
+        "{cost:?}: {e}"
+    );
     // The others are not stalled by it.
     let t = Instant::now();
     first.readout(&mut l).await.expect("after the absent one");
@@ -141,13 +192,25 @@ async fn echoing_converter_slow_meter_and_absent_meter() {
 }
 
 fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
-    let mut args = vec!["scan", "mbus", "--port", port.to_str().expect("utf8"), "--baud", "2400", "--timeout", "300ms"];
+    let mut args = vec![
+        "scan",
+        "mbus",
+        "--port",
+        port.to_str().expect("utf8"),
+        "--baud",
+        "2400",
+        "--timeout",
+        "300ms",
+    ];
     if secondary {
         args.push("--secondary");
     } else {
         args.extend(["--addresses", "0-12"]);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_enectiva-collector")).args(&args).output().expect("scan");
+    let out = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
+        .args(&args)
+        .output()
+        .expect("scan");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -178,17 +241,27 @@ async fn scan_finds_every_meter_by_primary_and_by_secondary_search() {
     assert_eq!(code, Some(0), "{out}{err}");
     for (addr, id) in [(3, "12340001"), (7, "12340002"), (11, "55500001")] {
         assert!(
-            out.lines().any(|l| l.contains(&format!("address {addr:>3}")) && l.contains(id)),
+            out.lines()
+                .any(|l| l.contains(&format!("address {addr:>3}")) && l.contains(id)),
             "{addr}/{id} missing:\n{out}"
         );
     }
     assert!(out.contains("ELS") && out.contains("water"), "{out}");
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_scan(&path, true)).await.expect("join");
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_scan(&path, true))
+        .await
+        .expect("join");
     assert_eq!(code, Some(0), "{out}{err}");
     for id in ["12340001", "12340002", "55500001"] {
-        assert!(out.contains(id), "{id} missing from the secondary search:\n{out}");
+        assert!(
+            out.contains(id),
+            "{id} missing from the secondary search:\n{out}"
+        );
     }
-    assert_eq!(out.lines().filter(|l| l.contains("secondary")).count(), 3, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("secondary")).count(),
+        3,
+        "{out}"
+    );
 }
 
 fn series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
@@ -199,9 +272,12 @@ fn series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
 async fn heat_meter_end_to_end_in_kwh_m3_and_a_flow_temperature_data_point() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let sim = SimMbus::start(vec![SimSlave::heat_meter(5, 12345678)], MbusLineOptions::default())
-        .await
-        .expect("sim");
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678)],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
     std::fs::write(dir.path().join("token"), TOKEN).expect("token");
     let text = format!(
         r#"[api]
@@ -232,7 +308,8 @@ timeout = "auto"
         dir.path().join("queue.db").display(),
         sim.path().display()
     );
-    let config = Config::parse(&text, &dir.path().join("config.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        Config::parse(&text, &dir.path().join("config.toml")).unwrap_or_else(|e| panic!("{e}"));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app::run_with(
         config,
@@ -253,16 +330,77 @@ timeout = "auto"
     shutdown.cancel();
     task.await.expect("join").expect("daemon");
     let acc = api.accepted();
-    let energy: Vec<&str> = series(&acc, "HEAT_12").iter().map(|a| a.raw_value.as_str()).collect();
+    let energy: Vec<&str> = series(&acc, "HEAT_12")
+        .iter()
+        .map(|a| a.raw_value.as_str())
+        .collect();
     assert!(energy.len() >= 2, "{acc:?}");
     assert_eq!(&energy[..2], &["12345", "12346"], "kWh from Wh × 10^3");
     let e = series(&acc, "HEAT_12")[0];
     assert_eq!((e.kind, e.unit.as_deref()), ("reading", Some("kWh")));
     assert_eq!(series(&acc, "HEAT_12_DUE")[0].raw_value, "10");
     let v = series(&acc, "HEAT_12_VOL")[0];
-    assert_eq!((v.raw_value.as_str(), v.unit.as_deref()), ("6543.21", Some("m3")));
+    assert_eq!(
+        (v.raw_value.as_str(), v.unit.as_deref()),
+        ("6543.21", Some("m3"))
+    );
     let t = series(&acc, "HEAT_12_TFLOW")[0];
-    assert_eq!((t.kind, t.raw_value.as_str(), t.unit.as_deref()), ("data_point", "63.5", Some("°C")));
+    assert_eq!(
+        (t.kind, t.raw_value.as_str(), t.unit.as_deref()),
+        ("data_point", "63.5", Some("°C"))
+    );
     let dt = series(&acc, "HEAT_12_DT")[0];
-    assert_eq!((dt.raw_value.as_str(), dt.unit.as_deref()), ("22.3", Some("K")));
+    assert_eq!(
+        (dt.raw_value.as_str(), dt.unit.as_deref()),
+        ("22.3", Some("K"))
+    );
+}
+
+#[test]
+fn mbus_decode_prints_the_json_of_spec_section_7() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/mbus/libmbus/test-frames/example_data_01.hex");
+    let out = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
+        .args(["mbus", "decode", fixture.to_str().expect("utf8")])
+        .output()
+        .expect("decode");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["address"], 1);
+    assert_eq!(v["id"], "03575845");
+    assert_eq!(v["manufacturer"], "AMT");
+    assert_eq!(v["access_number"], 158);
+    let r0 = &v["records"][0];
+    assert_eq!(
+        (
+            r0["index"].clone(),
+            r0["quantity"].clone(),
+            r0["unit"].clone()
+        ),
+        (0.into(), "energy".into(), "Wh".into())
+    );
+    assert_eq!(r0["value"], 1389817000.0);
+    assert_eq!(r0["function"], "instantaneous");
+    // Garbage in: a clear error, exit status 1, no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
+        .args(["mbus", "decode", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        stdin
+            .write_all(b"68 05 05 68 08 01 72 00 16")
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
 }
