@@ -229,6 +229,8 @@ pub struct MbusChannel {
     /// quantities, in which case the record's own (normalized) unit is sent.
     pub output: Output,
     pub selector: MbusSelector,
+    /// VIFE meanings the record must carry (e.g. `backward_flow`); empty: none.
+    pub modifiers: Vec<String>,
     /// Applied after the record's unit has been converted to `output.unit`.
     pub scale: f64,
     pub offset: f64,

@@ -166,6 +166,7 @@ pub(super) struct RawMbusChannel {
     pub tariff: Option<S<i64>>,
     pub subunit: Option<S<i64>>,
     pub function: Option<S<String>>,
+    pub modifiers: Option<S<Vec<String>>>,
     pub record: Option<S<i64>>,
 }
 

@@ -1793,6 +1793,7 @@ impl Validator<'_> {
                     ("tariff", raw.tariff.as_ref().map(S::span)),
                     ("subunit", raw.subunit.as_ref().map(S::span)),
                     ("function", raw.function.as_ref().map(S::span)),
+                    ("modifiers", raw.modifiers.as_ref().map(S::span)),
                 ] {
                     if let Some(at) = present {
                         self.error(
@@ -1892,13 +1893,41 @@ impl Validator<'_> {
                 }
             },
         };
-        let (common, selector) = (common?, selector?);
+        let modifiers = match &raw.modifiers {
+            None => Some(Vec::new()),
+            Some(m) => {
+                let bad: Vec<&String> = m
+                    .get_ref()
+                    .iter()
+                    .filter(|s| {
+                        s.is_empty()
+                            || !s
+                                .chars()
+                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    })
+                    .collect();
+                if bad.is_empty() {
+                    Some(m.get_ref().clone())
+                } else {
+                    self.error_at(
+                        m,
+                        item,
+                        format!(
+                            "modifiers are snake_case names as `read` lists them (e.g. \"backward_flow\"), not {bad:?}"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let (common, selector, modifiers) = (common?, selector?, modifiers?);
         Some(MbusChannel {
             output: Output {
                 series: common.output.series,
                 unit: common.output.unit.or_else(|| base_unit.map(str::to_owned)),
             },
             selector,
+            modifiers,
             scale: common.scale,
             offset: common.offset,
             decimals: common.decimals,

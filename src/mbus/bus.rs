@@ -414,7 +414,7 @@ impl MbusMeterPoller {
             .channels
             .get(channel)
             .ok_or_else(|| format!("no channel {channel}"))?;
-        let rec = select(records, &ch.selector, &[]).map_err(|e| e.to_string())?;
+        let rec = select(records, &ch.selector, &ch.modifiers).map_err(|e| e.to_string())?;
         let raw = rec
             .as_f64()
             .ok_or_else(|| format!("record {} ({}) is not a number", rec.index, rec.quantity))?;
@@ -618,4 +618,94 @@ pub async fn scan_secondary(
         stack.extend(children.into_iter().rev());
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The constructed heat-meter telegram of the M-Bus reference (§9.2): storage, tariff, a
+    /// backward-flow VIFE and "more records follow".
+    const TELEGRAM: &str = "68 46 46 68 08 05 72 78 56 34 12 2D 2C 01 04 2A 00 00 00
+        0C 06 45 23 01 00 0C 14 21 43 65 00 0B 2B 50 12 00 0A 5A 35 06 0A 5E 12 04
+        04 93 3C 2A 00 00 00 4C 06 10 98 02 00 42 6C 1F 3C 8C 10 06 00 05 00 00
+        02 FD 17 00 00 1F 12 16";
+
+    fn records() -> Vec<Record> {
+        let bytes = frame::from_hex(TELEGRAM).expect("hex");
+        let Parsed::Frame(f, _) = frame::parse(&bytes) else {
+            panic!("not a frame");
+        };
+        match record::decode(&f).expect("decode") {
+            Response::Data(t) => t.records,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn poller(channels: &str) -> MbusMeterPoller {
+        let text = format!(
+            "[api]\ncustomer_id = \"0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11\"\n[[mbus]]\nname = \"b\"\nport = \"/dev/ttyUSB7\"\n  [[mbus.meter]]\n  name = \"m\"\n  address = 5\n  channels = [ {channels} ]\n"
+        );
+        let c =
+            Config::parse(&text, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+        MbusMeterPoller::new(c.mbus[0].meters[0].clone(), 2)
+    }
+
+    #[test]
+    fn channels_pick_records_by_quantity_storage_tariff_and_modifiers() {
+        let recs = records();
+        let p = poller(
+            r#"{ quantity = "energy", import_id = "E", unit = "kWh" },
+               { quantity = "energy", storage = 1, import_id = "E_DUE", unit = "MWh" },
+               { quantity = "energy", tariff = 1, import_id = "E_T1", unit = "GJ" },
+               { quantity = "volume", modifiers = ["backward_flow"], import_id = "V_BACK", unit = "l" },
+               { quantity = "return_temperature", import_id = "T_RET", unit = "K", kind = "data_point" },
+               { record = 3, import_id = "T_FLOW", kind = "data_point" }"#,
+        );
+        let v = |i: usize| {
+            p.channel_value(i, &recs)
+                .map(|(s, rec)| (s.value, s.output.unit, rec))
+        };
+        assert_eq!(v(0), Ok((12345.0, Some("kWh".into()), 0)));
+        assert_eq!(v(1), Ok((29.81, Some("MWh".into()), 6)));
+        assert_eq!(v(2), Ok((1.8, Some("GJ".into()), 8)));
+        assert_eq!(v(3), Ok((42.0, Some("l".into()), 5)));
+        assert_eq!(v(4), Ok((314.35, Some("K".into()), 4)));
+        assert_eq!(v(5), Ok((63.5, Some("°C".into()), 3)));
+    }
+
+    #[test]
+    fn a_selector_matching_nothing_or_several_records_names_the_candidates() {
+        let mut recs = records();
+        // A second forward volume record makes "volume" ambiguous.
+        let mut extra = recs[1].clone();
+        extra.index = recs.len();
+        recs.push(extra);
+        let p = poller(
+            r#"{ quantity = "volume", import_id = "V" }, { quantity = "power", storage = 3, import_id = "P", kind = "data_point" }"#,
+        );
+        let e = p.channel_value(0, &recs).expect_err("ambiguous");
+        assert!(
+            e.contains("record 1") && e.contains(&format!("record {}", recs.len() - 1)),
+            "{e}"
+        );
+        let e = p.channel_value(1, &recs).expect_err("not found");
+        assert!(e.contains("power"), "{e}");
+    }
+
+    #[test]
+    fn auto_timeouts_follow_the_baud_rate() {
+        let l = MbusLink::with("/dev/null".into(), 2400, MbusTimeout::Auto);
+        assert_eq!(l.first_byte_timeout(), Duration::from_millis(500));
+        let slow = MbusLink::with("/dev/null".into(), 300, MbusTimeout::Auto);
+        assert_eq!(slow.first_byte_timeout(), Duration::from_millis(1150));
+        assert_eq!(slow.inter_byte_timeout(), Duration::from_micros(733_320));
+        let fixed = MbusLink::with(
+            "/dev/null".into(),
+            9600,
+            MbusTimeout::Fixed(Duration::from_secs(2)),
+        );
+        assert_eq!(fixed.first_byte_timeout(), Duration::from_secs(2));
+    }
 }

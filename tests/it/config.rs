@@ -320,8 +320,13 @@ fn example_config_is_valid_and_complete() {
         }
     ));
 
+    assert_eq!(
+        flat14.channels[4].modifiers,
+        vec!["backward_flow".to_string()]
+    );
+
     let series = c.series();
-    assert_eq!(series.len(), 4 + 2 + 2 + 3 + 4);
+    assert_eq!(series.len(), 4 + 2 + 2 + 3 + 5);
 }
 
 /// Helper view of a profile quantity as the register spec a channel must end up with.
