@@ -19,7 +19,10 @@ use std::fmt;
 use std::future::Future;
 
 use crate::clock;
+use std::sync::Arc;
+
 use crate::config::Output;
+use crate::notify::{Fault, Health};
 use crate::events;
 use crate::queue::{MeterPoll, Queue};
 use crate::reading::Reading;
@@ -30,6 +33,17 @@ use crate::schedule::{MeterSchedule, RateLimit, Transition};
 pub struct BusContext {
     pub queue: Queue,
     pub require_sync: bool,
+    /// Where the task promises when it will check in again (the watchdog looks at it).
+    pub health: Arc<Health>,
+}
+
+/// Removes a finished bus task's promise, however the task ends.
+struct Forget(Arc<Health>, String);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.forget(&self.1);
+    }
 }
 
 /// Why a transaction failed, as the line saw it. Shaped by the bus's next decision: a timeout,
@@ -111,6 +125,9 @@ pub trait BusMeter<L: Line>: Send {
     fn interval(&self) -> Duration;
     /// Whether it has anything to read.
     fn has_channels(&self) -> bool;
+    /// The longest one poll may take (every request timing out, retries included): the bus
+    /// promises the watchdog to be back within it.
+    fn max_duration(&self, line: &L) -> Duration;
     /// Reads the meter once. All or nothing: a failure means no sample of this slot.
     fn poll(
         &mut self,
@@ -164,11 +181,20 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
     let mut clock_log = RateLimit::new(600_000);
     let mut sync_log = RateLimit::new(600_000);
     let mut port_lost: Option<Instant> = None;
+    let task = format!("bus {bus}");
+    let _forget = Forget(ctx.health.clone(), task.clone());
     loop {
         if shutdown.is_cancelled() {
             return;
         }
+        if ctx.health.fault == Fault::StallScheduler {
+            // Test-only: hang like a deadlocked task (but still stop on shutdown).
+            ctx.health.promise(&task, Duration::from_secs(1));
+            shutdown.cancelled().await;
+            return;
+        }
         if let Some(since) = port_lost {
+            ctx.health.promise(&task, REOPEN_EVERY * 2);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(REOPEN_EVERY) => {}
@@ -203,6 +229,7 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
             .unwrap_or(now);
         if next > now {
             let wait = Duration::from_millis(u64::try_from(next - now).unwrap_or(0)).min(MAX_SLEEP);
+            ctx.health.promise(&task, wait);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
@@ -244,7 +271,10 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
             let m = &mut meters[i];
             let slot = m.schedule.next_due();
             let before = link.line_errors();
+            // The poll, then the commit of its readings (one group-commit window and a sync).
+            ctx.health.promise(&task, m.poller.max_duration(&link) + Duration::from_secs(5));
             let outcome = m.poller.poll(&mut link, &bus).await;
+            ctx.health.meter_result(m.poller.name(), outcome.is_ok());
             let after = link.line_errors();
             let done = clock::now_ms();
             let new_errors = LineErrors {

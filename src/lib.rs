@@ -14,6 +14,7 @@ pub mod events;
 pub mod logging;
 pub mod mbus;
 pub mod modbus;
+pub mod notify;
 pub mod profile;
 pub mod queue;
 pub mod reading;

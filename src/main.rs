@@ -247,8 +247,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
 }
 
 /// `run`: the daemon until SIGTERM/SIGINT.
-fn run_daemon(config: &std::path::Path) -> Exit {
-    let config = match commands::load_config(config) {
+fn run_daemon(config_path: &std::path::Path) -> Exit {
+    let config = match commands::load_config(config_path) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -264,6 +264,7 @@ fn run_daemon(config: &std::path::Path) -> Exit {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -273,13 +274,32 @@ fn run_daemon(config: &std::path::Path) -> Exit {
     };
     let handle = signals.handle();
     let on_signal = shutdown.clone();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload_tx.send(());
+                continue;
+            }
             tracing::info!(signal = sig, "signal received; stopping");
             on_signal.cancel();
+            break;
         }
     });
-    let result = rt.block_on(app::run(config, shutdown));
+    let control = app::Control {
+        shutdown,
+        reload: Some(reload_rx),
+        config_path: Some(config_path.to_path_buf()),
+        notifier: enectiva_collector::notify::Notifier::from_env(),
+        fault: enectiva_collector::notify::Fault::from_env(),
+    };
+    let result = rt.block_on(app::run_with(
+        config,
+        enectiva_collector::queue::QueueOptions::from_settings,
+        enectiva_collector::sender::SenderSettings::from_api,
+        control,
+    ));
     handle.close();
     let _ = watcher.join();
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

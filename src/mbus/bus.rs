@@ -99,6 +99,12 @@ impl MbusLink {
         (self.char_time() * 20).max(Duration::from_millis(100))
     }
 
+    /// The longest one request and its answer may take: quiet time, the first-byte timeout and
+    /// a full 261-byte telegram at the slowest inter-byte pace.
+    pub fn worst_transaction(&self) -> Duration {
+        self.quiet() + self.first_byte_timeout() + self.inter_byte_timeout() * 261
+    }
+
     /// Quiet time kept between an answer and the next request (Gossen: ≥ 10 ms).
     fn quiet(&self) -> Duration {
         (self.char_time() * 4).max(Duration::from_millis(10))
@@ -464,6 +470,11 @@ impl BusMeter<MbusLink> for MbusMeterPoller {
 
     fn has_channels(&self) -> bool {
         !self.meter.channels.is_empty()
+    }
+
+    fn max_duration(&self, line: &MbusLink) -> Duration {
+        // SND_NKE, a select and every telegram, each with its retries, each a whole frame.
+        line.worst_transaction() * ((MAX_TELEGRAMS as u32 + 2) * (self.retries + 1))
     }
 
     async fn poll(&mut self, line: &mut MbusLink, bus: &str) -> Result<Vec<Sample>, LinkError> {

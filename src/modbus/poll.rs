@@ -232,6 +232,12 @@ impl<L: Link> BusMeter<L> for MeterPoller {
         !self.meter.channels.is_empty()
     }
 
+    fn max_duration(&self, _line: &L) -> Duration {
+        // Each request may time out; a fallback may add one request per channel.
+        let requests = (self.plan.requests.len() + self.meter.channels.len() + 1) as u32;
+        (self.meter.timeout + self.meter.delay + Duration::from_millis(50)) * requests
+    }
+
     async fn poll(&mut self, line: &mut L, bus: &str) -> Result<Vec<Sample>, LinkError> {
         let res = MeterPoller::poll(self, line).await?;
         for ch in &res.retired {

@@ -147,10 +147,22 @@ fn describe_failure(e: &reqwest::Error) -> String {
     msg
 }
 
+/// The `Authorization` value marked sensitive, so no debug output of the request shows it.
+fn sensitive(value: &str) -> reqwest::header::HeaderValue {
+    match reqwest::header::HeaderValue::from_str(value) {
+        Ok(mut v) => {
+            v.set_sensitive(true);
+            v
+        }
+        // Token::new refuses anything a header cannot carry; an empty value gets a 401.
+        Err(_) => reqwest::header::HeaderValue::from_static(""),
+    }
+}
+
 async fn post(client: reqwest::Client, url: String, auth: String, body: Vec<u8>) -> Answer {
     let sent = client
         .post(url)
-        .header(reqwest::header::AUTHORIZATION, auth)
+        .header(reqwest::header::AUTHORIZATION, sensitive(&auth))
         .header(reqwest::header::CONTENT_TYPE, payload::MEDIA_TYPE)
         .header(reqwest::header::ACCEPT, payload::MEDIA_TYPE)
         .body(body)
@@ -273,6 +285,7 @@ pub struct Sender {
     outage_since: Option<(Instant, u32)>,
     need_scan: bool,
     last_scan: Option<Instant>,
+    health: Option<std::sync::Arc<crate::notify::Health>>,
 }
 
 impl Sender {
@@ -295,7 +308,14 @@ impl Sender {
             outage_since: None,
             need_scan: true,
             last_scan: None,
+            health: None,
         })
+    }
+
+    /// Reports progress (and deliveries) to the watchdog's health view.
+    pub fn with_health(mut self, health: std::sync::Arc<crate::notify::Health>) -> Sender {
+        self.health = Some(health);
+        self
     }
 
     fn load_token(&mut self) -> Result<(), TokenError> {
@@ -405,6 +425,20 @@ impl Sender {
                 });
             }
             let wake = self.next_wake(Instant::now());
+            if let Some(h) = &self.health {
+                // Back by the next wake-up (or an answer, which comes within the timeout);
+                // queue calls on the way are quick unless the queue is stuck.
+                if h.fault == crate::notify::Fault::StallSender {
+                    h.promise("sender", Duration::from_secs(1));
+                    // Test-only: hang like a deadlocked task (but still stop on shutdown).
+                    shutdown.cancelled().await;
+                    break;
+                }
+                h.promise(
+                    "sender",
+                    wake.saturating_duration_since(Instant::now()) + self.s.timeout.min(Duration::from_secs(5)),
+                );
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -685,6 +719,9 @@ impl Sender {
     }
 
     fn on_success(&mut self) {
+        if let Some(h) = &self.health {
+            h.delivered(crate::queue::now_unix());
+        }
         if self.pause.is_none() && self.auth_log.last.is_some() {
             self.auth_log.reset();
             tracing::info!(message_id = events::API_RESUMED, "sending resumed");
@@ -727,7 +764,7 @@ pub async fn latest(
     let url = payload::latest_url(&s.base_url, &s.customer_id, series)?;
     let resp = client
         .get(url)
-        .header(reqwest::header::AUTHORIZATION, token.header_value())
+        .header(reqwest::header::AUTHORIZATION, sensitive(&token.header_value()))
         .header(reqwest::header::ACCEPT, payload::MEDIA_TYPE)
         .send()
         .await
