@@ -105,22 +105,33 @@ impl BusConfig<'_> {
         }
     }
 
-    fn spawn(&self, tracker: &TaskTracker, ctx: BusContext, token: CancellationToken) -> JoinHandle<()> {
+    fn spawn(
+        &self,
+        tracker: &TaskTracker,
+        ctx: BusContext,
+        token: CancellationToken,
+    ) -> JoinHandle<()> {
         match *self {
             BusConfig::Tcp(b) => {
                 let link = TcpLink::new(b.address.clone(), b.timeout);
-                let meters: Vec<MeterPoller> = b.meters.iter().cloned().map(MeterPoller::new).collect();
+                let meters: Vec<MeterPoller> =
+                    b.meters.iter().cloned().map(MeterPoller::new).collect();
                 tracker.spawn(run_bus(b.name.clone(), link, meters, ctx, token))
             }
             BusConfig::Rtu(b) => {
                 let link = RtuLink::new(SerialSettings::from_bus(b));
-                let meters: Vec<MeterPoller> = b.meters.iter().cloned().map(MeterPoller::new).collect();
+                let meters: Vec<MeterPoller> =
+                    b.meters.iter().cloned().map(MeterPoller::new).collect();
                 tracker.spawn(run_bus(b.name.clone(), link, meters, ctx, token))
             }
             BusConfig::Mbus(b) => {
                 let link = MbusLink::new(b);
-                let meters: Vec<MbusMeterPoller> =
-                    b.meters.iter().cloned().map(|m| MbusMeterPoller::new(m, b.retries)).collect();
+                let meters: Vec<MbusMeterPoller> = b
+                    .meters
+                    .iter()
+                    .cloned()
+                    .map(|m| MbusMeterPoller::new(m, b.retries))
+                    .collect();
                 tracker.spawn(run_bus(b.name.clone(), link, meters, ctx, token))
             }
         }
@@ -156,7 +167,13 @@ struct Running<S> {
 
 /// Runs the daemon until `shutdown` is cancelled or the queue fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    run_with(config, QueueOptions::from_settings, SenderSettings::from_api, shutdown).await
+    run_with(
+        config,
+        QueueOptions::from_settings,
+        SenderSettings::from_api,
+        shutdown,
+    )
+    .await
 }
 
 fn spawn_sender(
@@ -197,7 +214,14 @@ pub async fn run_with(
         require_sync: config.clock.require_sync,
         health: health.clone(),
     };
-    let (sender, sender_token) = spawn_sender(&config.api, &sender_settings, &queue, &health, &tracker, &tasks)?;
+    let (sender, sender_token) = spawn_sender(
+        &config.api,
+        &sender_settings,
+        &queue,
+        &health,
+        &tracker,
+        &tasks,
+    )?;
     let mut running = Running {
         buses: BTreeMap::new(),
         sender,
@@ -219,7 +243,12 @@ pub async fn run_with(
         );
     }
     let mut config = config;
-    tracing::info!(buses = running.buses.len(), meters = meter_count(&config), series = config.series().len(), "running");
+    tracing::info!(
+        buses = running.buses.len(),
+        meters = meter_count(&config),
+        series = config.series().len(),
+        "running"
+    );
     control.notifier.ready();
 
     let watchdog = control.notifier.watchdog();
@@ -275,7 +304,10 @@ pub async fn run_with(
     tracing::info!("stopping");
     tasks.cancel();
     tracker.close();
-    if tokio::time::timeout(STOP_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not stop in time; closing the queue anyway");
     }
     if let Some(e) = failure {
@@ -322,19 +354,29 @@ async fn reload<S: Fn(&Api) -> SenderSettings>(
     for w in &new.warnings {
         tracing::warn!("{w}");
     }
-    let wanted: BTreeMap<String, (String, BusConfig<'_>)> =
-        buses(&new).into_iter().map(|b| (b.name().to_string(), (b.fingerprint(), b))).collect();
+    let wanted: BTreeMap<String, (String, BusConfig<'_>)> = buses(&new)
+        .into_iter()
+        .map(|b| (b.name().to_string(), (b.fingerprint(), b)))
+        .collect();
     // Stop the buses that are gone or changed; each finishes its running transaction.
     let mut stopped: usize = 0;
     let names: Vec<String> = running.buses.keys().cloned().collect();
     for name in names {
-        let keep = wanted.get(&name).is_some_and(|(f, _)| running.buses.get(&name).is_some_and(|r| &r.fingerprint == f));
+        let keep = wanted.get(&name).is_some_and(|(f, _)| {
+            running
+                .buses
+                .get(&name)
+                .is_some_and(|r| &r.fingerprint == f)
+        });
         if keep {
             continue;
         }
         if let Some(r) = running.buses.remove(&name) {
             r.token.cancel();
-            if tokio::time::timeout(BUS_STOP_GRACE, r.handle).await.is_err() {
+            if tokio::time::timeout(BUS_STOP_GRACE, r.handle)
+                .await
+                .is_err()
+            {
                 tracing::warn!(bus = %name, "bus did not stop in time during reload");
             }
             health.forget(&format!("bus {name}"));
@@ -367,7 +409,14 @@ async fn reload<S: Fn(&Api) -> SenderSettings>(
     if api != running.api {
         running.sender_token.cancel();
         let _ = tokio::time::timeout(STOP_GRACE, &mut running.sender).await;
-        match spawn_sender(&new.api, &running.sender_settings, queue, health, tracker, tasks) {
+        match spawn_sender(
+            &new.api,
+            &running.sender_settings,
+            queue,
+            health,
+            tracker,
+            tasks,
+        ) {
             Ok((handle, token)) => {
                 running.sender = handle;
                 running.sender_token = token;

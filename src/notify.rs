@@ -126,7 +126,10 @@ impl Health {
 
     /// A task that ended on purpose (a bus removed by a reload) no longer counts.
     pub fn forget(&self, task: &str) {
-        self.promises.lock().unwrap_or_else(|e| e.into_inner()).remove(task);
+        self.promises
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(task);
     }
 
     /// Every task kept its promise: the watchdog may be pinged.
@@ -140,17 +143,27 @@ impl Health {
     pub fn late(&self) -> Vec<String> {
         let now = self.ms(Instant::now());
         let p = self.promises.lock().unwrap_or_else(|e| e.into_inner());
-        let mut late: Vec<String> = p.iter().filter(|(_, d)| **d < now).map(|(t, _)| t.clone()).collect();
+        let mut late: Vec<String> = p
+            .iter()
+            .filter(|(_, d)| **d < now)
+            .map(|(t, _)| t.clone())
+            .collect();
         late.sort();
         late
     }
 
     pub fn meter_result(&self, meter: &str, ok: bool) {
-        self.meters.lock().unwrap_or_else(|e| e.into_inner()).insert(meter.to_string(), ok);
+        self.meters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(meter.to_string(), ok);
     }
 
     pub fn forget_meter(&self, meter: &str) {
-        self.meters.lock().unwrap_or_else(|e| e.into_inner()).remove(meter);
+        self.meters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(meter);
     }
 
     /// (meters whose last poll succeeded, meters polled at least once).
@@ -170,7 +183,13 @@ impl Health {
 }
 
 /// The one-line `STATUS=`, e.g. `5/6 meters ok, 1204 pending (oldest 14m), last delivery 3s ago`.
-pub fn status_line(meters_ok: (usize, usize), configured: usize, pending: u64, oldest_age: Option<i64>, last_delivery_age: Option<i64>) -> String {
+pub fn status_line(
+    meters_ok: (usize, usize),
+    configured: usize,
+    pending: u64,
+    oldest_age: Option<i64>,
+    last_delivery_age: Option<i64>,
+) -> String {
     let (ok, _) = meters_ok;
     let mut s = format!("{ok}/{configured} meters ok, {pending} pending");
     if let Some(age) = oldest_age {
@@ -211,6 +230,9 @@ mod tests {
             status_line((5, 6), 6, 1204, Some(14 * 60), Some(3)),
             "5/6 meters ok, 1204 pending (oldest 14m), last delivery 3s ago"
         );
-        assert_eq!(status_line((0, 0), 2, 0, None, None), "0/2 meters ok, 0 pending, nothing delivered yet");
+        assert_eq!(
+            status_line((0, 0), 2, 0, None, None),
+            "0/2 meters ok, 0 pending, nothing delivered yet"
+        );
     }
 }

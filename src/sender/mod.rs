@@ -436,7 +436,8 @@ impl Sender {
                 }
                 h.promise(
                     "sender",
-                    wake.saturating_duration_since(Instant::now()) + self.s.timeout.min(Duration::from_secs(5)),
+                    wake.saturating_duration_since(Instant::now())
+                        + self.s.timeout.min(Duration::from_secs(5)),
                 );
             }
             tokio::select! {
@@ -764,7 +765,10 @@ pub async fn latest(
     let url = payload::latest_url(&s.base_url, &s.customer_id, series)?;
     let resp = client
         .get(url)
-        .header(reqwest::header::AUTHORIZATION, sensitive(&token.header_value()))
+        .header(
+            reqwest::header::AUTHORIZATION,
+            sensitive(&token.header_value()),
+        )
         .header(reqwest::header::ACCEPT, payload::MEDIA_TYPE)
         .send()
         .await

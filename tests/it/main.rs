@@ -8,5 +8,6 @@ mod crash;
 mod daemon;
 mod mbus;
 mod mbus_decode;
+mod ops;
 mod rtu;
 mod sender;

@@ -1,0 +1,507 @@
+//! Operations with the real binary: sd_notify through a fake `NOTIFY_SOCKET` (READY, WATCHDOG,
+//! STATUS, STOPPING, and the watchdog stopping when a task hangs), SIGHUP reloads, and the token
+//! never showing up in any output, `status --json` or the database.
+
+use std::io::Read as _;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use enectiva_collector::queue;
+use enectiva_collector::sim::api::{Accepted, Mode, StandIn};
+use enectiva_collector::sim::modbus::{SimMeter, SimModbus};
+
+use crate::common::CUSTOMER;
+
+const TOKEN: &str = "TOKEN-do-not-leak-8f3a2c";
+const LONG: Duration = Duration::from_secs(60);
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_enectiva-collector")
+}
+
+fn head(api: &str, dir: &Path) -> String {
+    format!(
+        "[api]\nbase_url = \"{api}\"\ncustomer_id = \"{CUSTOMER}\"\ntoken_file = \"{}\"\nsender = \"ops\"\nmax_backoff = \"1s\"\n\n[queue]\npath = \"{}\"\n",
+        dir.join("token").display(),
+        dir.join("queue.db").display()
+    )
+}
+
+fn tcp_bus(
+    bus: &str,
+    addr: std::net::SocketAddr,
+    meter: &str,
+    interval: &str,
+    import_id: &str,
+) -> String {
+    format!(
+        "\n[[modbus_tcp]]\nname = \"{bus}\"\naddress = \"{addr}\"\ntimeout = \"300ms\"\n  [[modbus_tcp.meter]]\n  name = \"{meter}\"\n  unit_id = 1\n  interval = \"{interval}\"\n  profile = \"eastron-sdm630\"\n  channels = [ {{ quantity = \"import_energy_total\", import_id = \"{import_id}\", unit = \"kWh\" }} ]\n"
+    )
+}
+
+fn spawn(config: &Path, env: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(bin());
+    c.args(["-c", config.to_str().expect("utf8"), "run"])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("run")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+}
+
+fn finish(mut child: Child) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Collects notifications: (arrival, message).
+fn receive(sock: &UnixDatagram, until: Instant, out: &mut Vec<(Instant, String)>) {
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        sock.set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .expect("timeout");
+        if let Ok(n) = sock.recv(&mut buf) {
+            out.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+}
+
+fn pings(msgs: &[(Instant, String)]) -> Vec<Instant> {
+    msgs.iter()
+        .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    api: StandIn,
+    sim: SimModbus,
+    config: PathBuf,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            head(&api.base_url(), dir.path()),
+            tcp_bus("gw", sim.addr(), "m", "1s", "E")
+        ),
+    )
+    .expect("config");
+    Rig {
+        dir,
+        api,
+        sim,
+        config,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_ready_watchdog_status_stopping() {
+    let r = rig().await;
+    let sock_path = r.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    let child = spawn(
+        &r.config,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().expect("utf8")),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let started = Instant::now();
+    let mut msgs = Vec::new();
+    let deadline = started + LONG;
+    while !msgs
+        .iter()
+        .any(|(_, m): &(Instant, String)| m.contains("READY=1"))
+        && Instant::now() < deadline
+    {
+        receive(
+            &sock,
+            Instant::now() + Duration::from_millis(200),
+            &mut msgs,
+        );
+    }
+    // READY comes after the queue was opened.
+    assert!(
+        r.dir.path().join("queue.db").exists(),
+        "READY before the queue exists"
+    );
+    let ready_at = msgs
+        .iter()
+        .find(|(_, m)| m.contains("READY=1"))
+        .map(|(t, _)| *t)
+        .expect("READY=1");
+    receive(&sock, Instant::now() + Duration::from_secs(12), &mut msgs);
+    let p = pings(&msgs);
+    assert!(p.len() >= 8, "only {} pings in 12 s", p.len());
+    // Every WatchdogSec/2 (1 s) at least, with a little scheduling slack.
+    let first_gap = p[0].duration_since(ready_at);
+    assert!(
+        first_gap <= Duration::from_millis(1300),
+        "first ping {first_gap:?} after READY"
+    );
+    for w in p.windows(2) {
+        let gap = w[1].duration_since(w[0]);
+        assert!(gap <= Duration::from_millis(1300), "ping gap {gap:?}");
+    }
+    let status: Vec<&String> = msgs
+        .iter()
+        .map(|(_, m)| m)
+        .filter(|m| m.starts_with("STATUS="))
+        .collect();
+    assert!(!status.is_empty(), "no STATUS= line");
+    let last = status.last().expect("status");
+    assert!(
+        last.contains("1/1 meters ok")
+            && last.contains("pending")
+            && last.contains("last delivery"),
+        "{last}"
+    );
+    assert!(!status.iter().any(|s| s.contains(TOKEN)));
+    signal(&child, "-TERM");
+    let (code, stderr) = finish(child);
+    receive(
+        &sock,
+        Instant::now() + Duration::from_millis(300),
+        &mut msgs,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        msgs.iter().any(|(_, m)| m.contains("STOPPING=1")),
+        "no STOPPING=1"
+    );
+    assert!(r.api.accepted_count() > 0);
+    drop(r.sim);
+}
+
+async fn watchdog_stops_when(fault: &str) {
+    let r = rig().await;
+    let sock_path = r.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    let child = spawn(
+        &r.config,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().expect("utf8")),
+            ("WATCHDOG_USEC", "2000000"),
+            ("ENECTIVA_TEST_FAULT", fault),
+        ],
+    );
+    let mut msgs = Vec::new();
+    receive(&sock, Instant::now() + Duration::from_secs(10), &mut msgs);
+    let ready_at = msgs
+        .iter()
+        .find(|(_, m)| m.contains("READY=1"))
+        .map(|(t, _)| *t)
+        .expect("READY=1");
+    let p = pings(&msgs);
+    // The stalled task promised 1 s (+2 s slack): no ping may come later than that (+1 s).
+    let late: Vec<Duration> = p
+        .iter()
+        .map(|t| t.duration_since(ready_at))
+        .filter(|d| *d > Duration::from_secs(4))
+        .collect();
+    assert!(late.is_empty(), "{fault}: pings kept coming: {late:?}");
+    signal(&child, "-TERM");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("watchdog pings stop"), "{fault}: {stderr}");
+    drop(r.sim);
+    drop(r.api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_stops_when_the_sender_stalls() {
+    watchdog_stops_when("stall-sender").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_stops_when_the_scheduler_stalls() {
+    watchdog_stops_when("stall-scheduler").await;
+}
+
+fn series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
+    acc.iter().filter(|a| a.import_id == id).collect()
+}
+
+fn pending(dir: &Path, id: &str) -> u64 {
+    queue::status(&dir.join("queue.db"))
+        .map(|s| {
+            s.series
+                .iter()
+                .filter(|x| x.import_id == id)
+                .map(|x| x.pending)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_pending(dir: &Path, id: &str, n: u64) -> bool {
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline {
+        if pending(dir, id) >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_removes_and_changes_meters_keeping_pending_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    // The API is down: everything stays pending in the queue across the reloads.
+    api.set_mode(Mode::Down).await.expect("down");
+    let a = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("a");
+    let b = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("b");
+    let c = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("c");
+    let config = dir.path().join("config.toml");
+    let h = head(&api.base_url(), dir.path());
+    std::fs::write(
+        &config,
+        format!(
+            "{h}{}{}",
+            tcp_bus("bus-a", a.addr(), "ma", "1s", "A"),
+            tcp_bus("bus-b", b.addr(), "mb", "1s", "B")
+        ),
+    )
+    .expect("config");
+    let child = spawn(&config, &[]);
+    let pid = child.id();
+    assert!(wait_pending(dir.path(), "A", 3).await && wait_pending(dir.path(), "B", 3).await);
+    // An invalid file: the running configuration stays.
+    std::fs::write(&config, format!("{h}\n[[modbus_tcp]\nname = broken\n")).expect("bad config");
+    signal(&child, "-HUP");
+    let a_before = pending(dir.path(), "A");
+    assert!(
+        wait_pending(dir.path(), "A", a_before + 2).await,
+        "polling stopped after an invalid reload"
+    );
+    // Change A's interval, remove B, add C.
+    std::fs::write(
+        &config,
+        format!(
+            "{h}{}{}",
+            tcp_bus("bus-a", a.addr(), "ma", "2s", "A"),
+            tcp_bus("bus-c", c.addr(), "mc", "1s", "C")
+        ),
+    )
+    .expect("new config");
+    signal(&child, "-HUP");
+    assert!(
+        wait_pending(dir.path(), "C", 3).await,
+        "the added meter is not polled"
+    );
+    let b_after = pending(dir.path(), "B");
+    let a_reads_before = a.requests();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        pending(dir.path(), "B"),
+        b_after,
+        "the removed meter is still polled"
+    );
+    let a_reads = a.requests() - a_reads_before;
+    assert!(
+        (1..=3).contains(&a_reads),
+        "A read {a_reads} times in 4 s with a 2 s interval"
+    );
+    // The API comes back: every reading, including the removed meter's, is delivered.
+    api.set_mode(Mode::Normal).await.expect("up");
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline {
+        let st = queue::status(&dir.path().join("queue.db")).expect("status");
+        if st.pending == 0 && series(&api.accepted(), "B").len() as u64 >= b_after {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        series(&api.accepted(), "B").len() as u64 >= b_after,
+        "pending readings of the removed meter were lost"
+    );
+    assert!(!series(&api.accepted(), "C").is_empty());
+    assert_eq!(child.id(), pid);
+    signal(&child, "-TERM");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("configuration reload failed")),
+        "no ERROR for the invalid file:\n{stderr}"
+    );
+    assert!(stderr.contains("configuration reloaded"), "{stderr}");
+    let st = queue::status(&dir.path().join("queue.db")).expect("status");
+    let cnt = |k: &str| st.counters.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        cnt("enqueued"),
+        cnt("delivered") + cnt("dead_lettered") + cnt("dropped") + st.pending as i64
+    );
+}
+
+/// Every byte of every file in the directory (the queue and its WAL).
+fn files_contain(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == "token") {
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(&p) {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_appears_in_logs_status_or_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The API expects another token first: 401 paths with our token in the header.
+    let api = StandIn::start(CUSTOMER, "another-token")
+        .await
+        .expect("api");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1), SimMeter::sdm630(2)])
+        .await
+        .expect("sim");
+    sim.set_silent(2, true);
+    let config = dir.path().join("config.toml");
+    let text = format!(
+        "{}{}  [[modbus_tcp.meter]]\n  name = \"silent\"\n  unit_id = 2\n  interval = \"1s\"\n  profile = \"eastron-sdm630\"\n  channels = [ {{ quantity = \"voltage_l1\", import_id = \"S\", kind = \"data_point\" }} ]\n",
+        head(&api.base_url(), dir.path()),
+        tcp_bus("gw", sim.addr(), "m", "1s", "E")
+    );
+    std::fs::write(&config, text).expect("config");
+    let child = spawn(&config, &[("RUST_LOG", "trace")]);
+    // A 401 (the sender then waits a minute), then — after a reload that restarts the sender —
+    // a rejection (400), a 503 with Retry-After, a hang (timeouts), the API down.
+    assert!(api.wait_attempts(1, LONG).await);
+    api.set_token(TOKEN);
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("sender = \"ops\"", "sender = \"ops-2\"");
+    std::fs::write(&config, text).expect("config");
+    signal(&child, "-HUP");
+    api.reject_import_id("E", 400);
+    assert!(api.wait_attempts(5, LONG).await);
+    api.clear_rejection("E");
+    api.script([enectiva_collector::sim::api::Answer::StatusRetryAfter(
+        503,
+        "1".into(),
+    )]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.set_mode(Mode::Hang).await.expect("hang");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    api.set_mode(Mode::Down).await.expect("down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.set_mode(Mode::Normal).await.expect("up");
+    assert!(api.wait_accepted(2, LONG).await);
+    signal(&child, "-TERM");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0));
+    assert!(
+        stderr.contains("TRACE") && stderr.contains("401"),
+        "the error paths were not exercised"
+    );
+    assert!(!stderr.contains(TOKEN), "token in the log output");
+    let status = Command::new(bin())
+        .args([
+            "status",
+            "--json",
+            "--queue",
+            dir.path().join("queue.db").to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("status");
+    assert!(!String::from_utf8_lossy(&status.stdout).contains(TOKEN));
+    let dead = Command::new(bin())
+        .args([
+            "dead",
+            "list",
+            "--queue",
+            dir.path().join("queue.db").to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("dead");
+    assert!(
+        String::from_utf8_lossy(&dead.stdout).contains("rejected"),
+        "no dead letter from the 400 path"
+    );
+    assert!(!String::from_utf8_lossy(&dead.stdout).contains(TOKEN));
+    assert_eq!(
+        files_contain(dir.path(), TOKEN),
+        Vec::<PathBuf>::new(),
+        "token in a file"
+    );
+    // check --online, with the right and a wrong token.
+    for token in [TOKEN, "wrong-but-secret-token-123"] {
+        std::fs::write(dir.path().join("token"), token).expect("token");
+        let out = Command::new(bin())
+            .args(["-c", config.to_str().expect("utf8"), "check", "--online"])
+            .env("RUST_LOG", "trace")
+            .output()
+            .expect("check");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(token), "token in `check --online` output");
+    }
+}
