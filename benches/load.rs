@@ -114,7 +114,7 @@ fn main() {
         let _ = child.wait();
         let delivered = (d1 - d0) as f64;
         let cpu = cpu1 - cpu0;
-        let requests: u64 = sims.iter().map(SimModbus::requests).sum();
+        let requests: u64 = sims.iter().map(|s| s.requests()).sum();
         println!("daemon `run`: {meters} Modbus TCP meters × 10 channels at 1 s, {elapsed:.0} s measured after 5 s warm-up");
         println!("  RSS at the end           {:.1} MiB", rss as f64 / 1024.0);
         println!("  CPU                      {cpu:.2} s in {elapsed:.0} s = {:.2} s per minute ({:.2} % of one core)", cpu * 60.0 / elapsed, cpu * 100.0 / elapsed);

@@ -356,7 +356,8 @@ pub struct Served {
 /// then the meter's answer. Transport faults stay with the transport.
 ///
 /// The state lock is never held across an await.
-pub(crate) struct Units {
+#[allow(missing_debug_implementations)]
+pub struct Units {
     state: Mutex<State>,
     requests_tx: watch::Sender<u64>,
     served_tx: watch::Sender<u64>,
@@ -392,7 +393,8 @@ impl Read {
         }
     }
 
-    pub(crate) fn served(self, connection: u64, at: Instant) -> Served {
+    /// Every answered read in the order answered (exceptions and silence are not recorded).
+    pub fn served(self, connection: u64, at: Instant) -> Served {
         Served {
             at,
             connection,
@@ -489,11 +491,14 @@ impl Units {
         self.lock().meters.contains_key(&unit)
     }
 
-    pub(crate) fn requests(&self) -> u64 {
+    /// Requests received so far, for all unit ids (known or not) and function codes, counted
+    /// on arrival, before any fault handling.
+    pub fn requests(&self) -> u64 {
         self.lock().requests
     }
 
-    pub(crate) fn requests_for(&self, unit: u8) -> u64 {
+    /// Requests received so far for unit id `unit`.
+    pub fn requests_for(&self, unit: u8) -> u64 {
         self.lock()
             .requests_by_unit
             .get(&unit)
@@ -501,48 +506,56 @@ impl Units {
             .unwrap_or(0)
     }
 
-    pub(crate) fn served(&self) -> Vec<Served> {
+    /// Every answer with words actually sent, in order (exceptions and silence are not
+    /// recorded).
+    pub fn served(&self) -> Vec<Served> {
         self.lock().served.clone()
     }
 
-    pub(crate) async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
+    /// Waits until at least `n` requests arrived, at most `timeout`; false on timeout.
+    pub async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
         wait_count(&self.requests_tx, n, timeout).await
     }
 
-    pub(crate) async fn wait_served(&self, n: u64, timeout: Duration) -> bool {
+    /// Waits until at least `n` reads were answered, at most `timeout`; false on timeout.
+    pub async fn wait_served(&self, n: u64, timeout: Duration) -> bool {
         wait_count(&self.served_tx, n, timeout).await
     }
 
-    pub(crate) fn set_f32(&self, unit: u8, table: Table, addr: u16, v: f32) {
+    /// Sets the f32 at `addr` (high word first).
+    pub fn set_f32(&self, unit: u8, table: Table, addr: u16, v: f32) {
         self.with_meter(unit, |meter| meter.write(table, addr, &f32_words(v)));
     }
 
-    pub(crate) fn set_words(&self, unit: u8, table: Table, addr: u16, words: &[u16]) {
+    /// Sets (and maps) consecutive registers from `addr`.
+    pub fn set_words(&self, unit: u8, table: Table, addr: u16, words: &[u16]) {
         self.with_meter(unit, |meter| meter.write(table, addr, words));
     }
 
-    pub(crate) fn words(&self, unit: u8, table: Table, addr: u16, count: u16) -> Option<Vec<u16>> {
+    /// The current words, without counting a request or growing a counter; `None` for an
+    /// unknown unit or if any register is unmapped.
+    pub fn words(&self, unit: u8, table: Table, addr: u16, count: u16) -> Option<Vec<u16>> {
         self.lock().meters.get(&unit)?.words(table, addr, count)
     }
 
-    pub(crate) fn f32_at(&self, unit: u8, table: Table, addr: u16) -> Option<f32> {
+    /// The current f32 at `addr` (high word first), as [`Units::words`].
+    pub fn f32_at(&self, unit: u8, table: Table, addr: u16) -> Option<f32> {
         self.lock().meters.get(&unit)?.f32_at(table, addr)
     }
 
-    pub(crate) fn delay_next(&self, unit: u8, n: usize, delay: Duration) {
+    /// The next `n` requests for `unit` that get an answer are answered `delay` late (after any
+    /// delays already pending). The answer is still sent and recorded as served: a TCP client
+    /// that timed out and kept its connection, or an RTU master that does not flush its input,
+    /// reads it as the answer to its next request.
+    pub fn delay_next(&self, unit: u8, n: usize, delay: Duration) {
         if n > 0 {
             self.with_meter(unit, |meter| meter.delays.push_back((n, delay)));
         }
     }
 
-    pub(crate) fn exception(
-        &self,
-        unit: u8,
-        table: Table,
-        start: u16,
-        count: u16,
-        code: ExceptionCode,
-    ) {
+    /// From now on, any read of `table` overlapping `count` registers from `start` answers
+    /// `code` (e.g. `IllegalDataAddress` for "merged request too large", `ServerDeviceBusy`).
+    pub fn exception(&self, unit: u8, table: Table, start: u16, count: u16, code: ExceptionCode) {
         let start = u32::from(start);
         self.with_meter(unit, |meter| {
             meter.exceptions.push(ScriptedException {
@@ -554,15 +567,18 @@ impl Units {
         });
     }
 
-    pub(crate) fn clear_exceptions(&self, unit: u8) {
+    /// Removes every range set with [`Units::exception`] for `unit`.
+    pub fn clear_exceptions(&self, unit: u8) {
         self.with_meter(unit, |meter| meter.exceptions.clear());
     }
 
-    pub(crate) fn max_registers(&self, unit: u8, max: u16) {
+    /// Requests for more than `max` registers answer exception 02 from now on.
+    pub fn max_registers(&self, unit: u8, max: u16) {
         self.with_meter(unit, |meter| meter.max_registers = Some(max));
     }
 
-    pub(crate) fn set_silent(&self, unit: u8, silent: bool) {
+    /// A silent unit gets no answer at all (the client times out); nothing late is queued.
+    pub fn set_silent(&self, unit: u8, silent: bool) {
         self.with_meter(unit, |meter| meter.silent = silent);
     }
 
@@ -629,6 +645,15 @@ impl fmt::Debug for SimModbus {
     }
 }
 
+/// The meters' registers, faults and request log (shared with the RTU simulator).
+impl std::ops::Deref for SimModbus {
+    type Target = Units;
+
+    fn deref(&self) -> &Units {
+        &self.shared.units
+    }
+}
+
 impl SimModbus {
     /// Binds `127.0.0.1:0` and serves `meters`; two meters with the same unit id are refused
     /// (`InvalidInput`).
@@ -660,87 +685,9 @@ impl SimModbus {
         self.shared.addr
     }
 
-    /// Requests received so far, for all unit ids (known or not) and function codes, counted
-    /// on arrival, before any fault handling.
-    pub fn requests(&self) -> u64 {
-        self.shared.units.requests()
-    }
-
-    /// Requests received so far for unit id `unit`.
-    pub fn requests_for(&self, unit: u8) -> u64 {
-        self.shared.units.requests_for(unit)
-    }
-
-    /// Every answered read in the order answered (exceptions and silence are not recorded).
-    pub fn served(&self) -> Vec<Served> {
-        self.shared.units.served()
-    }
-
     /// TCP connections accepted so far (a client that reconnects raises this).
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
-    }
-
-    /// Waits until at least `n` requests arrived, at most `timeout`; false on timeout.
-    pub async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
-        self.shared.units.wait_requests(n, timeout).await
-    }
-
-    /// Waits until at least `n` reads were answered, at most `timeout`; false on timeout.
-    pub async fn wait_served(&self, n: u64, timeout: Duration) -> bool {
-        self.shared.units.wait_served(n, timeout).await
-    }
-
-    /// Sets the f32 at `addr` (high word first). Like every setter here, it does nothing but
-    /// log a warning for a unit id the endpoint does not serve.
-    pub fn set_f32(&self, unit: u8, table: Table, addr: u16, v: f32) {
-        self.shared.units.set_f32(unit, table, addr, v);
-    }
-
-    /// Sets (and maps) consecutive registers from `addr`.
-    pub fn set_words(&self, unit: u8, table: Table, addr: u16, words: &[u16]) {
-        self.shared.units.set_words(unit, table, addr, words);
-    }
-
-    /// The current words, without counting a request or growing a counter; `None` for an
-    /// unknown unit or if any register is unmapped.
-    pub fn words(&self, unit: u8, table: Table, addr: u16, count: u16) -> Option<Vec<u16>> {
-        self.shared.units.words(unit, table, addr, count)
-    }
-
-    /// The current f32 at `addr` (high word first), as [`SimModbus::words`].
-    pub fn f32_at(&self, unit: u8, table: Table, addr: u16) -> Option<f32> {
-        self.shared.units.f32_at(unit, table, addr)
-    }
-
-    /// The next `n` requests for `unit` that get an answer are answered `delay` late (after
-    /// any delays already pending). The connection stays open and the answer is still sent and
-    /// recorded as served: a client that timed out and kept its connection reads it as the
-    /// answer to its next request.
-    pub fn delay_next(&self, unit: u8, n: usize, delay: Duration) {
-        self.shared.units.delay_next(unit, n, delay);
-    }
-
-    /// From now on, any read of `table` overlapping `count` registers from `start` answers
-    /// `code` (e.g. `IllegalDataAddress` for "merged request too large", `ServerDeviceBusy`).
-    pub fn exception(&self, unit: u8, table: Table, start: u16, count: u16, code: ExceptionCode) {
-        self.shared.units.exception(unit, table, start, count, code);
-    }
-
-    /// Removes every range set with [`SimModbus::exception`] for `unit`.
-    pub fn clear_exceptions(&self, unit: u8) {
-        self.shared.units.clear_exceptions(unit);
-    }
-
-    /// Requests for more than `max` registers answer exception 02 from now on.
-    pub fn max_registers(&self, unit: u8, max: u16) {
-        self.shared.units.max_registers(unit, max);
-    }
-
-    /// A silent unit gets no answer at all (the client times out); nothing late is queued, so
-    /// a client that kept its connection gets correct answers once the unit speaks again.
-    pub fn set_silent(&self, unit: u8, silent: bool) {
-        self.shared.units.set_silent(unit, silent);
     }
 
     /// `true`: the listener and every open connection (including one waiting for a late

@@ -31,7 +31,6 @@ use tokio_util::task::TaskTracker;
 
 use super::modbus::{Arrival, Served, SimMeter, Units};
 use super::pty::{HANGUP_PAUSE, Pty, set_cloexec};
-use crate::modbus::Table;
 
 /// The pause before a new internal server after one ended, so a failure that repeats (no free
 /// pty, say) cannot spin either.
@@ -147,6 +146,15 @@ impl fmt::Debug for SimRtuBus {
     }
 }
 
+/// The meters' registers, faults and request log (the same model as the TCP simulator).
+impl std::ops::Deref for SimRtuBus {
+    type Target = Units;
+
+    fn deref(&self) -> &Units {
+        &self.line.units
+    }
+}
+
 impl SimRtuBus {
     /// Creates the pty pair and serves `meters` on it. Two meters with the same unit id, or one
     /// with unit id 0 (the broadcast address, which nobody answers), are refused
@@ -189,84 +197,6 @@ impl SimRtuBus {
     /// The wire-time model, if any.
     pub fn timing(&self) -> Option<LineTiming> {
         self.line.timing
-    }
-
-    /// Requests received so far, for all unit ids (known or not) and function codes, counted
-    /// on arrival, before any fault handling. Bytes that never formed a frame are not counted.
-    pub fn requests(&self) -> u64 {
-        self.line.units.requests()
-    }
-
-    /// Requests received so far for unit id `unit`.
-    pub fn requests_for(&self, unit: u8) -> u64 {
-        self.line.units.requests_for(unit)
-    }
-
-    /// Every answer with words written to the line, in order (exceptions and silence are not
-    /// recorded).
-    pub fn served(&self) -> Vec<Served> {
-        self.line.units.served()
-    }
-
-    /// Waits until at least `n` requests arrived, at most `timeout`; false on timeout.
-    pub async fn wait_requests(&self, n: u64, timeout: Duration) -> bool {
-        self.line.units.wait_requests(n, timeout).await
-    }
-
-    /// Waits until at least `n` answers were written, at most `timeout`; false on timeout.
-    pub async fn wait_served(&self, n: u64, timeout: Duration) -> bool {
-        self.line.units.wait_served(n, timeout).await
-    }
-
-    /// Sets the f32 at `addr` (high word first). Like every setter here, it does nothing but
-    /// log a warning for a unit id nobody on the line answers to.
-    pub fn set_f32(&self, unit: u8, table: Table, addr: u16, v: f32) {
-        self.line.units.set_f32(unit, table, addr, v);
-    }
-
-    /// Sets (and maps) consecutive registers from `addr`.
-    pub fn set_words(&self, unit: u8, table: Table, addr: u16, words: &[u16]) {
-        self.line.units.set_words(unit, table, addr, words);
-    }
-
-    /// The current words, without counting a request or growing a counter; `None` for an
-    /// unknown unit or if any register is unmapped.
-    pub fn words(&self, unit: u8, table: Table, addr: u16, count: u16) -> Option<Vec<u16>> {
-        self.line.units.words(unit, table, addr, count)
-    }
-
-    /// The current f32 at `addr` (high word first), as [`SimRtuBus::words`].
-    pub fn f32_at(&self, unit: u8, table: Table, addr: u16) -> Option<f32> {
-        self.line.units.f32_at(unit, table, addr)
-    }
-
-    /// The next `n` requests for `unit` that get an answer are answered `delay` late (after any
-    /// delays already pending, and on top of the wire time). The answer is written when due
-    /// even if the master gave up meanwhile: it lands in the master's input buffer, and a
-    /// master that does not flush before its next request reads it as that request's answer.
-    pub fn delay_next(&self, unit: u8, n: usize, delay: Duration) {
-        self.line.units.delay_next(unit, n, delay);
-    }
-
-    /// From now on, any read of `table` overlapping `count` registers from `start` answers
-    /// `code`.
-    pub fn exception(&self, unit: u8, table: Table, start: u16, count: u16, code: ExceptionCode) {
-        self.line.units.exception(unit, table, start, count, code);
-    }
-
-    /// Removes every range set with [`SimRtuBus::exception`] for `unit`.
-    pub fn clear_exceptions(&self, unit: u8) {
-        self.line.units.clear_exceptions(unit);
-    }
-
-    /// Requests for more than `max` registers answer exception 02 from now on.
-    pub fn max_registers(&self, unit: u8, max: u16) {
-        self.line.units.max_registers(unit, max);
-    }
-
-    /// A silent unit gets no answer at all (the master times out); nothing late is queued.
-    pub fn set_silent(&self, unit: u8, silent: bool) {
-        self.line.units.set_silent(unit, silent);
     }
 
     /// The next `n` answers of `unit` (data or exception) are preceded on the wire by `bytes`,
@@ -588,6 +518,7 @@ mod tests {
     use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt};
 
     use super::*;
+    use crate::modbus::Table;
 
     const WAIT: Duration = Duration::from_secs(5);
     /// The client's timeout where no answer, or a late one, is expected.
