@@ -46,7 +46,7 @@ for arch in "${arches[@]}"; do
     [ $shim = 1 ] && run+=(-E "LD_PRELOAD=$(termios2_shim "$arch")")
   fi
   run+=("$bin")
-  say "$arch: $(file -b "$bin" | cut -d, -f1-2)"
+  say "$arch: $(file -b "$bin" | cut -d, -f1-3)"
 
   say "$arch: ${run[*]} --version"
   "${run[@]}" --version

@@ -1,8 +1,8 @@
 /*
  * Test aid for cross/qemu-check.sh and cross/test-under-qemu.sh, never shipped.
  *
- * qemu-user (7.2 in Debian 12, and upstream as of 10.1) does not translate the termios2 ioctls
- * TCGETS2/TCSETS2/TCSETSW2/TCSETSF2: it answers ENOSYS. serialport (under tokio-serial) uses
+ * qemu-user 7.2 (Debian 12) does not translate the termios2 ioctls TCGETS2/TCSETS2/TCSETSW2/
+ * TCSETSF2 (distributions still carried patches for them in qemu 10.1): it answers ENOSYS. serialport (under tokio-serial) uses
  * them on Linux to set the baud rate, so opening any serial port -- the demo's and the tests'
  * pseudo-terminals included -- fails under qemu with "Function not implemented". A real ARM
  * kernel has them.
