@@ -421,8 +421,12 @@ impl Decimal {
     /// Keeps the first `keep` digits, rounding half away from zero; `None` when the number
     /// rounds to zero.
     fn round_to(mut self, keep: i64) -> Option<Decimal> {
-        let Ok(keep) = usize::try_from(keep) else {
+        if keep < 0 {
             return None;
+        }
+        // More digits than any usize can count (32-bit targets): nothing is dropped.
+        let Ok(keep) = usize::try_from(keep) else {
+            return Some(self);
         };
         let Some(&first_dropped) = self.digits.get(keep) else {
             return Some(self);
