@@ -505,3 +505,108 @@ async fn the_token_never_appears_in_logs_status_or_the_database() {
         assert!(!all.contains(token), "token in `check --online` output");
     }
 }
+
+/// Parses journald's native datagrams: `KEY=value` lines, or `KEY\n<u64 LE length><value>\n`.
+fn journal_fields(payload: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let line_end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            out.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            rest = rest.get(line_end + 1..).unwrap_or(&[]);
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let after = rest.get(line_end + 1..).unwrap_or(&[]);
+            if after.len() < 8 {
+                break;
+            }
+            let len = u64::from_le_bytes(after[..8].try_into().unwrap_or([0; 8])) as usize;
+            let value = after.get(8..8 + len).unwrap_or(&[]);
+            out.insert(key, String::from_utf8_lossy(value).into_owned());
+            rest = after.get(8 + len + 1..).unwrap_or(&[]);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journald_gets_native_fields_and_message_ids() {
+    const SOCKET: &str = "/run/systemd/journal/socket";
+    if Path::new(SOCKET).exists() || std::fs::create_dir_all("/run/systemd/journal").is_err() {
+        eprintln!(
+            "skipped: a real journald runs here, or /run/systemd/journal cannot be created (CI runs as root without one)"
+        );
+        assert!(
+            std::env::var_os("ENECTIVA_REQUIRE_STRACE").is_none() || Path::new(SOCKET).exists(),
+            "cannot set up the fake journal"
+        );
+        return;
+    }
+    let journal = UnixDatagram::bind(SOCKET).expect("bind the fake journal");
+    let r = rig().await;
+    r.sim.set_refusing(true).await.expect("refuse");
+    let child = spawn(&r.config, &[("JOURNAL_STREAM", "8:1234")]);
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut recovered = false;
+    let mut refused_until = Some(Instant::now() + Duration::from_secs(3));
+    while Instant::now() < deadline && !recovered {
+        if refused_until.is_some_and(|t| Instant::now() > t) {
+            r.sim.set_refusing(false).await.expect("serve");
+            refused_until = None;
+        }
+        journal
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        if let Ok(n) = journal.recv(&mut buf) {
+            let f = journal_fields(&buf[..n]);
+            recovered |= f
+                .get("MESSAGE_ID")
+                .is_some_and(|id| id == "1c6e8b3f9a2d4c7e8f1b5a9d3e6c2f74");
+            entries.push(f);
+        }
+    }
+    signal(&child, "-TERM");
+    let (code, _) = finish(child);
+    drop(journal);
+    let _ = std::fs::remove_file(SOCKET);
+    let _ = std::fs::remove_dir("/run/systemd/journal");
+    assert_eq!(code, Some(0));
+    let down = entries
+        .iter()
+        .find(|f| {
+            f.get("MESSAGE_ID")
+                .is_some_and(|id| id == "7f4a1c9e2b8d4f6a9e3c7b1d5a2f8e60")
+        })
+        .expect("a meter-down entry with its MESSAGE_ID");
+    assert_eq!(down.get("METER").map(String::as_str), Some("m"));
+    assert_eq!(down.get("BUS").map(String::as_str), Some("gw"));
+    assert_eq!(down.get("PRIORITY").map(String::as_str), Some("4"), "WARN");
+    assert!(
+        down.get("MESSAGE")
+            .is_some_and(|m| m.contains("meter not answering"))
+    );
+    assert!(down.contains_key("ERROR"));
+    assert!(recovered, "no meter-up entry");
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|f| f
+                .get("MESSAGE_ID")
+                .is_some_and(|id| id == "7f4a1c9e2b8d4f6a9e3c7b1d5a2f8e60"))
+            .count(),
+        1,
+        "a down meter is logged once"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|f| f.values().all(|v| !v.contains(TOKEN)))
+    );
+}
