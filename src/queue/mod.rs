@@ -11,6 +11,7 @@
 //! file is set aside and its readable rows are carried into a fresh queue. This module tree is
 //! the only place that imports rusqlite; it never talks to meters or the network.
 
+mod acks;
 mod db;
 mod inspect;
 mod salvage;
@@ -420,9 +421,48 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
         }
         Err(e) => return Err(open_error(path, e)),
     };
-    report.pending = pending;
+    let replayed = replay_acks(&mut db, path).map_err(|e| open_error(path, e))?;
+    report.pending = pending.saturating_sub(replayed);
     db.forget_series_cache();
     Ok((db, report, max_id))
+}
+
+/// Removes the readings whose acknowledgement reached the journal but not a committed removal
+/// group before the last stop; returns how many were still queued.
+fn replay_acks(db: &mut Db, path: &Path) -> rusqlite::Result<u64> {
+    let acks = acks::read(path);
+    if acks.is_empty() {
+        return Ok(0);
+    }
+    db.set_full_sync(false)?;
+    db.conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let (mut delivered, mut duplicates) = (0i64, 0i64);
+        for (id, duplicate) in &acks {
+            if db.remove(*id)? {
+                delivered += 1;
+                duplicates += i64::from(*duplicate);
+            }
+        }
+        db.add_counter("delivered", delivered)?;
+        db.add_counter("duplicates", duplicates)?;
+        Ok(delivered)
+    })();
+    match result {
+        Ok(n) => {
+            db.conn.execute_batch("COMMIT")?;
+            tracing::info!(
+                removed = n,
+                journal = acks.len(),
+                "acknowledged readings from before the last stop removed from the queue"
+            );
+            Ok(n as u64)
+        }
+        Err(e) => {
+            let _ = db.conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// Reads the clean-shutdown flag without changing anything; a file we cannot read is unclean.
@@ -474,6 +514,8 @@ struct Writer {
     fatal_tx: watch::Sender<Option<QueueError>>,
     drop_log: DropLog,
     counters_cache: BTreeMap<String, i64>,
+    /// Acknowledgements not yet in a committed removal group, on disk for a crash.
+    acks: acks::AckLog,
 }
 
 /// Rate-limits the WARN about dropped readings (SPEC §5: logged, rate-limited).
@@ -523,6 +565,7 @@ impl Writer {
             .counters()
             .map(|v| v.into_iter().collect())
             .unwrap_or_default();
+        let acks = acks::AckLog::open(&opts.path);
         Writer {
             db,
             opts,
@@ -539,6 +582,7 @@ impl Writer {
             fatal_tx,
             drop_log: DropLog::default(),
             counters_cache,
+            acks,
         }
     }
 
@@ -610,6 +654,7 @@ impl Writer {
                 self.batch.first_write.get_or_insert(now);
             }
             Cmd::Delivered { id, duplicate } => {
+                self.acks.record(id, duplicate);
                 self.batch.removals.push((id, duplicate));
                 self.batch.first_write.get_or_insert(now);
             }
@@ -906,6 +951,7 @@ impl Writer {
             let _ = w.send(Ok(()));
         }
         self.batch = Batch::default();
+        self.acks.clear();
         self.last_flush = Some(Instant::now());
         if let Some(since) = self.disk_full_since.take() {
             tracing::info!(
