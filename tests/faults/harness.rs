@@ -1,0 +1,353 @@
+//! The fault-injection harness: the real daemon binary as a child process, simulated Modbus TCP
+//! meters, and the stand-in API that records every reading it accepts. Scenarios build on it;
+//! each prints its figures. `ENECTIVA_FAULTS_LONG=1` selects the longer release-check settings.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use enectiva_collector::sim::api::{Accepted, StandIn};
+use enectiva_collector::sim::modbus::{SimMeter, SimModbus};
+
+pub const CUSTOMER: &str = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11";
+pub const TOKEN: &str = "faults-token";
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// CI-sized (false) or release-check-sized (true) runs.
+pub fn long_mode() -> bool {
+    std::env::var_os("ENECTIVA_FAULTS_LONG").is_some()
+}
+
+/// `ci` in CI, `long` with `ENECTIVA_FAULTS_LONG`.
+pub fn size(ci: usize, long: usize) -> usize {
+    if long_mode() { long } else { ci }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_enectiva-collector")
+}
+
+/// A small xorshift seeded from the clock and the pid (printed, so a run can be repeated with
+/// `FAULTS_SEED`).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(name: &str) -> Rng {
+        let seed = std::env::var("FAULTS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+                    ^ u64::from(std::process::id())
+            });
+        println!("{name}: seed {seed} (FAULTS_SEED={seed} repeats it)");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// A scenario's world: a directory, the stand-in API, simulated meters, a config file.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub api: StandIn,
+    pub meters: Vec<SimModbus>,
+    pub config: PathBuf,
+}
+
+/// Channels per meter: 9 quantities in the 0x0000 block plus total energy (2 requests).
+pub const QUANTITIES: [&str; 10] = [
+    "import_energy_total",
+    "voltage_l1",
+    "voltage_l2",
+    "voltage_l3",
+    "current_l1",
+    "current_l2",
+    "current_l3",
+    "active_power_total",
+    "frequency",
+    "total_energy",
+];
+
+/// The import id of a meter's channel.
+pub fn import_id(meter: usize, quantity: &str) -> String {
+    format!("M{meter:02}_{quantity}")
+}
+
+impl World {
+    /// `meters` simulated SDM630s (one TCP endpoint each), `channels` channels each (≤ 10),
+    /// polled every `interval`; the two energies are readings, the rest data points.
+    pub async fn new(meters: usize, channels: usize, interval: &str) -> World {
+        World::with_head(meters, channels, interval, "").await
+    }
+
+    /// As [`World::new`], with extra lines in the `[api]` section (e.g. `max_backoff = "2s"`).
+    pub async fn with_head(
+        meters: usize,
+        channels: usize,
+        interval: &str,
+        api_extra: &str,
+    ) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = StandIn::start(CUSTOMER, TOKEN).await.expect("stand-in");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+        let mut text = format!(
+            "[api]\nbase_url = \"{}\"\ncustomer_id = \"{CUSTOMER}\"\ntoken_file = \"{}\"\nsender = \"faults\"\n{api_extra}\n\n[queue]\npath = \"{}\"\n",
+            api.base_url(),
+            dir.path().join("token").display(),
+            dir.path().join("queue.db").display()
+        );
+        let mut sims = Vec::new();
+        for m in 0..meters {
+            let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+                .await
+                .expect("sim");
+            let chans: Vec<String> = QUANTITIES
+                .iter()
+                .take(channels.clamp(1, 10))
+                .map(|q| {
+                    let kind = if q.contains("energy") {
+                        "reading"
+                    } else {
+                        "data_point"
+                    };
+                    format!(
+                        "    {{ quantity = \"{q}\", import_id = \"{}\", kind = \"{kind}\" }},",
+                        import_id(m, q)
+                    )
+                })
+                .collect();
+            text.push_str(&format!(
+                "\n[[modbus_tcp]]\nname = \"tcp{m:02}\"\naddress = \"{}\"\ntimeout = \"500ms\"\n  [[modbus_tcp.meter]]\n  name = \"m{m:02}\"\n  unit_id = 1\n  interval = \"{interval}\"\n  profile = \"eastron-sdm630\"\n  channels = [\n{}\n  ]\n",
+                sim.addr(),
+                chans.join("\n")
+            ));
+            sims.push(sim);
+        }
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, text).expect("config");
+        World {
+            dir,
+            api,
+            meters: sims,
+            config,
+        }
+    }
+
+    pub fn queue_path(&self) -> PathBuf {
+        self.dir.path().join("queue.db")
+    }
+
+    /// Starts `run` with stderr captured to a file (so a killed child loses nothing).
+    pub fn start(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start(&self.config, self.dir.path(), env)
+    }
+
+    /// Every value a meter's register held when it was read, per import id, as the sim served
+    /// it (only for the two energies, which grow and so identify their read).
+    pub fn served_energy(&self) -> BTreeMap<String, BTreeSet<u64>> {
+        let mut out: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for (m, sim) in self.meters.iter().enumerate() {
+            for s in sim.served() {
+                for (q, addr) in [("import_energy_total", 0x0048u16), ("total_energy", 0x0156)] {
+                    if s.start <= addr && addr + 1 < s.start + s.count {
+                        let i = usize::from(addr - s.start);
+                        let bits = (u32::from(s.words[i]) << 16) | u32::from(s.words[i + 1]);
+                        let v = f32::from_bits(bits)
+                            .to_string()
+                            .parse::<f64>()
+                            .unwrap_or(f64::NAN);
+                        out.entry(import_id(m, q)).or_default().insert(key(v));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An f64 as an exact key (values are multiples of 0.25).
+pub fn key(v: f64) -> u64 {
+    (v * 1000.0).round() as u64
+}
+
+/// What is in the queue file right now: (import id, time, value) of every pending reading.
+/// Read-only and tolerant: a file being written is read through SQLite's own locking.
+pub fn queue_rows(path: &Path) -> Vec<(String, i64, f64)> {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let Ok(mut stmt) = conn.prepare("SELECT import_id, time, value FROM readings ORDER BY id")
+    else {
+        return Vec::new();
+    };
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+/// `PRAGMA quick_check` of the queue file as a string ("ok" when sound), or the error.
+pub fn quick_check(path: &Path) -> String {
+    let conn = match rusqlite::Connection::open(path) {
+        Ok(c) => c,
+        Err(e) => return format!("open: {e}"),
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+        .unwrap_or_else(|e| format!("quick_check: {e}"))
+}
+
+/// The stand-in's accepted readings grouped by import id, in arrival order.
+pub fn by_series(acc: &[Accepted]) -> BTreeMap<String, Vec<&Accepted>> {
+    let mut out: BTreeMap<String, Vec<&Accepted>> = BTreeMap::new();
+    for a in acc {
+        out.entry(a.import_id.clone()).or_default().push(a);
+    }
+    out
+}
+
+/// Every series' accepted readings are in increasing time order (the order they were read).
+pub fn assert_order(acc: &[Accepted]) {
+    for (id, v) in by_series(acc) {
+        assert!(
+            v.windows(2).all(|w| w[0].time < w[1].time),
+            "series {id} delivered out of order"
+        );
+    }
+}
+
+/// The daemon as a child process.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub started: Instant,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let file = std::fs::File::create(&log).expect("log");
+        let mut c = Command::new(bin());
+        c.args(["-c", config.to_str().expect("utf8"), "run"])
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Daemon {
+            child: c.spawn().expect("spawn run"),
+            log,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGTERM and wait (bounded); (exit code, how long the stop took, log).
+    pub fn stop(mut self) -> (Option<i32>, Duration, String) {
+        let t = Instant::now();
+        self.signal("-TERM");
+        let limit = Duration::from_secs(15);
+        let code = loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                break s.code();
+            }
+            if t.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = t.elapsed();
+        (code, took, self.log_text())
+    }
+
+    /// Waits (bounded) until the daemon logged "running": signals are handled and tasks are up.
+    pub async fn wait_running(&self) -> bool {
+        wait_until(LONG, || self.log_text().contains(" running")).await
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+/// Waits for a condition (bounded); true when it held.
+pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// Seconds since the epoch of an RFC 3339 time as the API received it.
+pub fn epoch(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// (import id, epoch seconds, value key) of every accepted reading and data point.
+pub fn delivered_set(acc: &[Accepted]) -> BTreeSet<(String, i64, u64)> {
+    acc.iter()
+        .map(|a| (a.import_id.clone(), epoch(&a.time), key(a.value)))
+        .collect()
+}
