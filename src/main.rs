@@ -296,7 +296,9 @@ fn run_daemon(config_path: &std::path::Path) -> Exit {
     };
     let result = rt.block_on(app::run_with(
         config,
-        enectiva_collector::queue::QueueOptions::from_settings,
+        |s: &enectiva_collector::config::QueueSettings| {
+            enectiva_collector::queue::QueueOptions::from_settings(s).with_test_knobs()
+        },
         enectiva_collector::sender::SenderSettings::from_api,
         control,
     ));

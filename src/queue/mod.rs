@@ -56,6 +56,10 @@ pub struct QueueOptions {
     /// size without needing a small filesystem.
     #[doc(hidden)]
     pub max_page_count: Option<u32>,
+    /// `synchronous=FULL` for transactions with new readings (SPEC §5). Off only in the
+    /// power-cut harness's control run, which must show that the harness detects loss.
+    #[doc(hidden)]
+    pub full_sync: bool,
 }
 
 impl QueueOptions {
@@ -69,7 +73,32 @@ impl QueueOptions {
             state_interval: Duration::from_secs(10),
             maintenance_interval: Duration::from_secs(60),
             max_page_count: None,
+            full_sync: true,
         }
+    }
+
+    /// Fault-injection knobs for the daemon binary, from `ENECTIVA_TEST_QUEUE` (comma-separated
+    /// `memory_limit=N`, `max_page_count=N`, `sync=normal`); unknown or absent knobs change
+    /// nothing. Used only by `tests/faults`.
+    #[must_use]
+    pub fn with_test_knobs(mut self) -> QueueOptions {
+        let Ok(knobs) = std::env::var("ENECTIVA_TEST_QUEUE") else {
+            return self;
+        };
+        for knob in knobs.split(',') {
+            match knob.trim().split_once('=') {
+                Some(("memory_limit", v)) => {
+                    if let Ok(n) = v.parse() {
+                        self.memory_limit = n;
+                    }
+                }
+                Some(("max_page_count", v)) => self.max_page_count = v.parse().ok(),
+                Some(("sync", "normal")) => self.full_sync = false,
+                _ => {}
+            }
+        }
+        tracing::warn!(knobs = %knobs, "ENECTIVA_TEST_QUEUE fault-injection knobs in effect");
+        self
     }
 
     pub fn from_settings(s: &crate::config::QueueSettings) -> QueueOptions {
@@ -813,7 +842,7 @@ impl Writer {
     /// One transaction for the whole batch. Nothing in `self` changes unless it commits.
     fn apply(&mut self, readings: &[Reading], held_before: usize) -> rusqlite::Result<Applied> {
         let has_new = !readings.is_empty();
-        self.db.set_full_sync(has_new)?;
+        self.db.set_full_sync(has_new && self.opts.full_sync)?;
         self.db.conn.execute_batch("BEGIN IMMEDIATE")?;
         match self.apply_inner(readings, held_before) {
             Ok(a) => match self.db.conn.execute_batch("COMMIT") {
@@ -963,6 +992,8 @@ impl Writer {
         if a.new_rows {
             self.commits += 1;
             let _ = self.commits_tx.send(self.commits);
+            // The fault harness reads this line: everything up to `max_id` is durable.
+            tracing::debug!(max_id = self.max_id, pending = self.count, "committed");
         }
     }
 
