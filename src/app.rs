@@ -189,6 +189,17 @@ fn spawn_sender(
     Ok((tracker.spawn(sender.run(token.clone())), token))
 }
 
+/// What the sender was started with: the `[api]` settings and which token the token source
+/// holds now, so a reload after fixing or rotating the token restarts the sender at once
+/// (instead of after the one-minute credential retry).
+fn api_key(api: &Api, settings: &impl Fn(&Api) -> SenderSettings) -> String {
+    let token = settings(api)
+        .token
+        .and_then(|source| source.read().ok())
+        .map(|t| t.fingerprint());
+    format!("{api:?}|{token:?}")
+}
+
 /// [`run`] with hooks to adjust the queue and sender settings (tests and `demo` use shorter
 /// windows and retry intervals) and the outside [`Control`] (or just a shutdown token).
 pub async fn run_with(
@@ -226,7 +237,7 @@ pub async fn run_with(
         buses: BTreeMap::new(),
         sender,
         sender_token,
-        api: format!("{:?}", config.api),
+        api: api_key(&config.api, &sender_settings),
         sender_settings,
     };
     for b in buses(&config) {
@@ -404,7 +415,7 @@ async fn reload<S: Fn(&Api) -> SenderSettings>(
         );
         started += 1;
     }
-    let api = format!("{:?}", new.api);
+    let api = api_key(&new.api, &running.sender_settings);
     let mut sender_restarted = false;
     if api != running.api {
         running.sender_token.cancel();

@@ -44,6 +44,15 @@ impl Token {
         Ok(Token(t.to_string()))
     }
 
+    /// A hash that tells two tokens apart without revealing either (kept in memory only, to
+    /// notice a rotated token on reload).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.0.hash(&mut h);
+        h.finish()
+    }
+
     /// `Bearer <token>`, for the `Authorization` header only.
     pub fn header_value(&self) -> String {
         format!("Bearer {}", self.0)
