@@ -351,3 +351,112 @@ pub fn delivered_set(acc: &[Accepted]) -> BTreeSet<(String, i64, u64)> {
         .map(|a| (a.import_id.clone(), epoch(&a.time), key(a.value)))
         .collect()
 }
+
+/// An in-process TCP proxy on loopback in front of the stand-in that can turn into a black
+/// hole: every byte in either direction is swallowed and new connections are accepted and then
+/// ignored, as when a cellular link dies without a reset (no root, no firewall needed).
+#[derive(Clone)]
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    black_hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepts: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let proxy = Proxy {
+            addr: listener.local_addr().expect("addr"),
+            black_hole: Default::default(),
+            accepts: Default::default(),
+        };
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                p.accepts.lock().expect("lock").push(Instant::now());
+                let hole = p.black_hole.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    if hole.load(Ordering::SeqCst) {
+                        swallow(&mut cr).await;
+                        drop(cw);
+                        return;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut sr, mut sw) = server.into_split();
+                    let h1 = hole.clone();
+                    let up = tokio::spawn(async move { pump(&mut cr, &mut sw, &h1).await });
+                    pump(&mut sr, &mut cw, &hole).await;
+                    up.abort();
+                });
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_black_hole(&self, on: bool) {
+        self.black_hole
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// When each connection was accepted.
+    pub fn accepts(&self) -> Vec<Instant> {
+        self.accepts.lock().expect("lock").clone()
+    }
+}
+
+/// Copies until EOF; while the black hole is on, reads and drops.
+async fn pump(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    hole: &std::sync::atomic::AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if hole.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn swallow(from: &mut tokio::net::tcp::OwnedReadHalf) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Points the world's config at another API address (e.g. a [`Proxy`]).
+pub fn redirect_api(world: &World, url: &str) {
+    let text = std::fs::read_to_string(&world.config).expect("config");
+    std::fs::write(&world.config, text.replace(&world.api.base_url(), url)).expect("config");
+}
+
+/// Coefficient of variation (standard deviation / mean) of durations in seconds.
+pub fn coefficient_of_variation(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    var.sqrt() / mean
+}
