@@ -7,3 +7,4 @@
 mod crash;
 mod harness;
 mod network;
+mod stop;
