@@ -179,6 +179,7 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
         reopen: RateLimit::new(600_000),
     };
     let mut clock_log = RateLimit::new(600_000);
+    let mut step_log = RateLimit::new(600_000);
     let mut sync_log = RateLimit::new(600_000);
     let mut port_lost: Option<Instant> = None;
     let task = format!("bus {bus}");
@@ -222,6 +223,13 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
             continue;
         }
         let now = clock::now_ms();
+        let mut stepped = false;
+        for m in &mut meters {
+            stepped |= m.schedule.clock_stepped_back(now);
+        }
+        if stepped && step_log.allow(now) {
+            tracing::warn!(bus = %bus, "the system clock stepped back; meters are polled on the new clock from the next slot");
+        }
         let next = meters
             .iter()
             .map(|m| m.schedule.next_due())

@@ -170,6 +170,21 @@ impl MeterSchedule {
         }
     }
 
+    /// The wall clock stepped back (an NTP step, an RTC-less boot corrected): a planned slot
+    /// can never lie further ahead than one planned delay, so one that does was planned on the
+    /// old clock. Moves it to the next aligned slot on the new clock and returns true;
+    /// otherwise changes nothing. Without this a step back of an hour would stall the meter
+    /// for an hour.
+    pub fn clock_stepped_back(&mut self, now_ms: i64) -> bool {
+        let limit = i128::from(now_ms) + self.delay_ms();
+        if i128::from(self.next_due) > limit {
+            self.next_due = next_slot(now_ms, self.interval_ms);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Distance from a polled slot to the planned next one: one interval, or for a down meter
     /// 2, 4, 8 … intervals (2 after the failure that made it down), capped at
     /// min(10 × interval, 1 h) but never below one interval.
@@ -232,6 +247,33 @@ mod tests {
 
     fn minutes(m: u64) -> Duration {
         Duration::from_secs(60 * m)
+    }
+
+    #[test]
+    fn a_clock_step_back_moves_the_plan_to_the_new_clock_and_nothing_else_does() {
+        let mut s = MeterSchedule::new(minutes(15), T0 + 7 * M);
+        assert_eq!(s.next_due(), T0 + 15 * M);
+        // Forward steps and the normal passing of time change nothing.
+        assert!(!s.clock_stepped_back(T0 + 7 * M));
+        assert!(!s.clock_stepped_back(T0 + 24 * H));
+        assert_eq!(s.next_due(), T0 + 15 * M);
+        // 10:15 is exactly one interval ahead of 10:00 (still a plan of this clock); from
+        // 09:07 it is over an hour ahead: the clock stepped back.
+        assert!(!s.clock_stepped_back(T0));
+        assert!(s.clock_stepped_back(T0 - H + 7 * M));
+        assert_eq!(s.next_due(), T0 - H + 15 * M);
+        // A down meter's backoff slot lies further ahead and is kept.
+        let mut d = MeterSchedule::new(minutes(1), T0);
+        let mut slot = d.next_due();
+        for _ in 0..5 {
+            let _ = d.complete(slot, false, slot + S);
+            slot = d.next_due();
+        }
+        assert!(d.is_down());
+        assert!(slot - (T0 + 5 * M) > M, "backoff beyond one interval");
+        assert!(!d.clock_stepped_back(slot - 2 * M));
+        assert!(d.clock_stepped_back(slot - H));
+        assert_eq!(d.next_due(), slot - H + M);
     }
 
     #[test]
