@@ -111,6 +111,10 @@ enum Answer {
     Http {
         status: u16,
         retry_after: Option<String>,
+        /// The answer's `Date` header: a `Retry-After` date is measured against it, so a
+        /// local clock that is off (an RTC-less gateway before NTP) does not stretch or skip
+        /// the wait.
+        server_time: Option<SystemTime>,
         body: String,
     },
     Failed(String),
@@ -176,10 +180,16 @@ async fn post(client: reqwest::Client, url: String, auth: String, body: Vec<u8>)
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let server_time = resp
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok());
             let body = read_body(resp).await;
             Answer::Http {
                 status,
                 retry_after,
+                server_time,
                 body,
             }
         }
@@ -592,12 +602,13 @@ impl Sender {
         if let Some(st) = self.series.get_mut(&series) {
             st.busy = false;
         }
-        let (status, retry_after, body) = match answer {
+        let (status, retry_after, server_time, body) = match answer {
             Answer::Http {
                 status,
                 retry_after,
+                server_time,
                 body,
-            } => (status, retry_after, body),
+            } => (status, retry_after, server_time, body),
             Answer::Failed(err) => {
                 self.put_back(&series, reading);
                 let delay = self.network.next_delay();
@@ -619,7 +630,8 @@ impl Sender {
             );
         }
         self.network.reset();
-        let outcome = classify::classify(status, retry_after.as_deref(), SystemTime::now());
+        let now = server_time.unwrap_or_else(SystemTime::now);
+        let outcome = classify::classify(status, retry_after.as_deref(), now);
         match outcome {
             Outcome::Delivered | Outcome::Duplicate => {
                 self.queue
