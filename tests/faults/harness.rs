@@ -113,6 +113,11 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         let api = StandIn::start(CUSTOMER, TOKEN).await.expect("stand-in");
         std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+        std::fs::set_permissions(
+            dir.path().join("token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod token");
         let mut text = format!(
             "[api]\nbase_url = \"{}\"\ncustomer_id = \"{CUSTOMER}\"\ntoken_file = \"{}\"\nsender = \"faults\"\n{api_extra}\n\n[queue]\npath = \"{}\"\n",
             api.base_url(),

@@ -4,6 +4,7 @@
 //! the CI-sized settings; `ENECTIVA_FAULTS_LONG=1 cargo test --release --test faults` runs the
 //! release-check sizes. Results: RELIABILITY.md.
 
+mod clock;
 mod crash;
 mod harness;
 mod network;
