@@ -219,6 +219,12 @@ impl SimRtuBus {
         });
     }
 
+    /// Drops the noise and bad CRCs still pending for `unit`: the line is clean again.
+    pub fn clear_faults(&self, unit: u8) {
+        self.line
+            .with_faults(unit, |faults| *faults = Faults::default());
+    }
+
     /// Unplugs the adapter: closes the master end (and everything else of the line) and waits
     /// until it is gone. A daemon holding the port open then fails at once: writes with EIO,
     /// a pending read with end of file.

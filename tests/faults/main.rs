@@ -7,5 +7,6 @@
 mod clock;
 mod crash;
 mod harness;
+mod meters;
 mod network;
 mod stop;
