@@ -27,7 +27,7 @@ fn set_offset(file: &Path, spec: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_wall_clock_steps_neither_stall_nor_burst_nor_reorder() {
-    let _serial = crate::harness::one_at_a_time();
+    let _serial = crate::harness::one_at_a_time().await;
     let lib = LIBFAKETIME
         .iter()
         .find(|p| Path::new(p).exists())

@@ -19,11 +19,9 @@ pub const LONG: Duration = Duration::from_secs(120);
 
 /// One scenario at a time: each runs a daemon at a high rate and some measure poll gaps, so
 /// two at once on a 2-core CI machine would measure each other. Every scenario holds this.
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 /// CI-sized (false) or release-check-sized (true) runs.

@@ -61,7 +61,7 @@ fn worst_gap(at: &[Instant]) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_garbage_and_vanished_meters_never_stop_the_others() {
-    let _serial = crate::harness::one_at_a_time();
+    let _serial = crate::harness::one_at_a_time().await;
     let fault_for = Duration::from_secs(size(6, 60) as u64);
     // One healthy TCP meter of the world (bus tcp00), plus the buses below.
     let world = World::new(1, 2, "1s").await;

@@ -30,7 +30,7 @@ async fn phase(name: &str, d: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r5_r6_r7_network_and_api_faults_lose_nothing() {
-    let _serial = crate::harness::one_at_a_time();
+    let _serial = crate::harness::one_at_a_time().await;
     let outage = Duration::from_secs(size(6, 60) as u64);
     let world = World::with_head(METERS, 10, "1s", "timeout = \"1s\"\nmax_backoff = \"2s\"").await;
     let proxy = Proxy::start(world.api.addr()).await;

@@ -11,7 +11,7 @@ use crate::harness::{LONG, Rng, World, assert_order, delivered_set, key, size, w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r11_sigterm_at_random_moments_exits_0_and_loses_nothing() {
-    let _serial = crate::harness::one_at_a_time();
+    let _serial = crate::harness::one_at_a_time().await;
     let stops = size(50, 500);
     let world = World::new(5, 10, "1s").await;
     let mut rng = Rng::new("r11");
