@@ -28,10 +28,16 @@ fn set_offset(file: &Path, spec: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_wall_clock_steps_neither_stall_nor_burst_nor_reorder() {
     let _serial = crate::harness::one_at_a_time().await;
-    let lib = LIBFAKETIME
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("libfaketime is needed for R15: apt-get install faketime (.ci/run installs it)");
+    let Some(lib) = LIBFAKETIME.iter().find(|p| Path::new(p).exists()) else {
+        assert!(
+            std::env::var_os("ENECTIVA_REQUIRE_TOOLS").is_none(),
+            "libfaketime is needed for R15: apt-get install faketime"
+        );
+        eprintln!(
+            "skipped R15: libfaketime is not installed (apt-get install faketime; CI installs it)"
+        );
+        return;
+    };
     let meters = 3;
     let world = World::with_head(meters, 10, "1s", "max_backoff = \"2s\"").await;
     let offset = world.dir.path().join("faketime");

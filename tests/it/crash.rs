@@ -268,7 +268,7 @@ fn io_error_on_commit_is_fatal_and_loses_nothing() {
         .is_ok_and(|o| o.status.success());
     if !have_strace {
         assert!(
-            std::env::var_os("ENECTIVA_REQUIRE_STRACE").is_none(),
+            std::env::var_os("ENECTIVA_REQUIRE_TOOLS").is_none(),
             "strace is required here (apt-get install strace)"
         );
         eprintln!("skipped: strace is not installed (CI installs it)");
