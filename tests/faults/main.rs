@@ -5,4 +5,6 @@
 //! release-check sizes. Results: RELIABILITY.md.
 
 mod crash;
+mod disk;
 mod harness;
+mod power;
