@@ -6,9 +6,11 @@
  * inside the directory named by $POWERCUT_DIR, the file's whole current content is copied to
  * $POWERCUT_DIR/.snapshots/<basename> (written to a temporary name, then renamed, so a kill -9
  * mid-copy leaves the previous snapshot). The snapshot is complete before the sync call
- * returns, so before SQLite's COMMIT returns and before the daemon logs the commit. The
- * harness then simulates a power cut: kill -9, replace every file by its snapshot, delete the
- * files that have none (never synced, never on disk) and the -shm.
+ * returns, so before SQLite's COMMIT returns and before the daemon logs the commit. When the
+ * directory itself is synced, the snapshots of files deleted since are dropped: from then on
+ * the deletion is on disk too. The harness then simulates a power cut: kill -9, replace every
+ * file by its snapshot (bringing back a deleted one whose deletion was never synced), delete
+ * the files that have none (never synced, never on disk) and the -shm.
  *
  * SQLite uses neither sync_file_range(2) nor msync(2) on the queue (checked with strace; it
  * never writes through mmap, and the -shm, its only mapping, is discarded at a cut anyway), so
@@ -20,6 +22,7 @@
  *   cc -shared -fPIC -O2 -pthread -o powercut.so powercut.c -ldl
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -81,17 +84,49 @@ static int copy_all(int src, int dst) {
     }
 }
 
+/* Is `path` (resolved) the watched directory itself? */
+static int is_watched_dir(const char *dir, const char *path) {
+    return strcmp(dir, path) == 0;
+}
+
+/* The watched directory was synced: its entries are now on disk as they are, so a file that
+ * was deleted since its last sync no longer comes back at a cut (its snapshot goes). Until the
+ * directory is synced, an unlinked file's snapshot stays, as the unlink may not have reached
+ * the disk (SQLite deletes a rollback journal this way and syncs the directory only when it
+ * next creates a journal or WAL). */
+static void directory_synced(const char *dir) {
+    char snapdir[PATH_MAX];
+    if (snprintf(snapdir, sizeof snapdir, "%s/.snapshots", dir) >= (int)sizeof snapdir) return;
+    DIR *d = opendir(snapdir);
+    if (d == NULL) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        char live[PATH_MAX], snap[PATH_MAX];
+        if (snprintf(live, sizeof live, "%s/%s", dir, e->d_name) >= (int)sizeof live) continue;
+        if (snprintf(snap, sizeof snap, "%s/%s", snapdir, e->d_name) >= (int)sizeof snap) continue;
+        struct stat st;
+        if (lstat(live, &st) != 0 && errno == ENOENT) unlink(snap);
+    }
+    closedir(d);
+}
+
 static void snapshot(int fd) {
     const char *dir = watched_dir();
     if (dir == NULL) return;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return;
+    if (fstat(fd, &st) != 0) return;
     char link[64];
     char path[PATH_MAX];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, path, sizeof path - 1);
     if (n <= 0 || (size_t)n >= sizeof path - 1) return;
     path[n] = '\0';
+    if (S_ISDIR(st.st_mode)) {
+        if (is_watched_dir(dir, path)) directory_synced(dir);
+        return;
+    }
+    if (!S_ISREG(st.st_mode)) return;
     size_t dl = strlen(dir);
     if (strncmp(path, dir, dl) != 0 || path[dl] != '/') return;
     const char *base = path + dl + 1;
