@@ -179,6 +179,7 @@ fn last_pending(log: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r3_disk_full_holds_readings_counts_drops_and_resumes() {
+    let _serial = crate::harness::one_at_a_time().await;
     let started = Instant::now();
     // How long the disk stays full after the backlog went out (long mode: more drops).
     let extra_full = Duration::from_secs(size(5, 60) as u64);

@@ -195,6 +195,7 @@ async fn run_cuts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r2_power_cuts_lose_no_committed_reading() {
+    let _serial = crate::harness::one_at_a_time().await;
     let started = Instant::now();
     let cuts = size(20, 200);
     let mut rng = Rng::new("r2");
