@@ -374,23 +374,37 @@ pub fn move_queue(world: &World, dir: &Path) -> PathBuf {
     new
 }
 
-/// Compiles the LD_PRELOAD shim `tests/faults/shim/<name>.c` into `<out>/<name>.so`.
+/// Compiles the LD_PRELOAD shim `tests/faults/shim/<name>.c` into `<out>/<name>.so` with `$CC`
+/// (default `cc`). A missing compiler fails the scenario with what to install: the shim is the
+/// fault, so there is nothing honest to skip to.
 pub fn build_shim(name: &str, out: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/faults/shim")
         .join(format!("{name}.c"));
     let so = out.join(format!("{name}.so"));
-    let o = Command::new("cc")
+    let cc = std::env::var("CC")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "cc".to_string());
+    let o = match Command::new(&cc)
         .args(["-shared", "-fPIC", "-O2", "-pthread", "-o"])
         .arg(&so)
         .arg(&src)
         .arg("-ldl")
         .output()
-        .expect("cc (a C compiler is needed wherever Rust links)");
+    {
+        Ok(o) => o,
+        Err(e) => panic!(
+            "cannot run the C compiler `{cc}` ({e}) to build the LD_PRELOAD shim {}: install one \
+             (Debian: apt-get install gcc) or point $CC at it",
+            src.display()
+        ),
+    };
     assert!(
         o.status.success(),
-        "cc {}: {}",
+        "`{cc}` failed to build the LD_PRELOAD shim {} ({}):\n{}",
         src.display(),
+        o.status,
         String::from_utf8_lossy(&o.stderr)
     );
     so
