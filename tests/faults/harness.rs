@@ -472,3 +472,135 @@ pub fn coefficient_of_variation(v: &[f64]) -> f64 {
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
     var.sqrt() / mean
 }
+
+// ---- Helpers of the power-cut (R2) and disk-full (R3) scenarios ----
+
+/// Points the world's config at a queue file inside `dir` (a state directory of its own, so
+/// the scenario's logs and config stay out of it) and returns the new queue path.
+pub fn move_queue(world: &World, dir: &Path) -> PathBuf {
+    let old = world.queue_path();
+    let new = dir.join("queue.db");
+    let text = std::fs::read_to_string(&world.config).expect("read config");
+    let from = format!("path = \"{}\"", old.display());
+    assert!(text.contains(&from), "queue path not in the config");
+    let text = text.replace(&from, &format!("path = \"{}\"", new.display()));
+    std::fs::write(&world.config, text).expect("write config");
+    new
+}
+
+/// Compiles the LD_PRELOAD shim `tests/faults/shim/<name>.c` into `<out>/<name>.so` with `$CC`
+/// (default `cc`). A missing compiler fails the scenario with what to install: the shim is the
+/// fault, so there is nothing honest to skip to.
+pub fn build_shim(name: &str, out: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/faults/shim")
+        .join(format!("{name}.c"));
+    let so = out.join(format!("{name}.so"));
+    let cc = std::env::var("CC")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "cc".to_string());
+    let o = match Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-pthread", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => panic!(
+            "cannot run the C compiler `{cc}` ({e}) to build the LD_PRELOAD shim {}: install one \
+             (Debian: apt-get install gcc) or point $CC at it",
+            src.display()
+        ),
+    };
+    assert!(
+        o.status.success(),
+        "`{cc}` failed to build the LD_PRELOAD shim {} ({}):\n{}",
+        src.display(),
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    so
+}
+
+/// The `max_id` of every `committed` debug line of the queue (log level
+/// `enectiva_collector::queue=debug`), in order: everything up to it was reported durable.
+pub fn committed_ids(log: &str) -> Vec<i64> {
+    strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("committed"))
+        .filter_map(|l| {
+            let rest = &l[l.find("max_id=")? + "max_id=".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// The log text without the ANSI colour sequences the compact stderr format writes.
+pub fn strip_ansi(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How many log lines carry this `MESSAGE_ID`.
+pub fn count_message(log: &str, message_id: &str) -> usize {
+    log.lines().filter(|l| l.contains(message_id)).count()
+}
+
+/// `SELECT seq FROM sqlite_sequence` for `readings`: the highest reading id ever committed to
+/// this file (0 when there is none).
+pub fn readings_sequence(path: &Path) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open(path) else {
+        return 0;
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'readings'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
+
+/// True when the tests run as root (`id -u` is 0).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Readings read from the simulated meters in complete polls: a meter's poll is all or nothing
+/// and reads the 0x0000 block (with 0x0048) and the 0x0156 block, so the polls that got both
+/// answers are the smaller of the two counts; each gave `channels` readings.
+pub fn readings_read(world: &World, channels: usize) -> usize {
+    world
+        .meters
+        .iter()
+        .map(|sim| {
+            let served = sim.served();
+            let has = |addr: u16| {
+                served
+                    .iter()
+                    .filter(|s| s.start <= addr && addr < s.start + s.count)
+                    .count()
+            };
+            has(0x0048).min(has(0x0156)) * channels
+        })
+        .sum()
+}

@@ -6,7 +6,9 @@
 
 mod clock;
 mod crash;
+mod disk;
 mod harness;
 mod meters;
 mod network;
+mod power;
 mod stop;
