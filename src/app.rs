@@ -200,6 +200,72 @@ fn api_key(api: &Api, settings: &impl Fn(&Api) -> SenderSettings) -> String {
     format!("{api:?}|{token:?}")
 }
 
+/// How often opening the queue is tried again while its disk is full.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
+
+/// Opens the queue (off the runtime threads: opening may run `quick_check` and salvage a
+/// damaged file). When it cannot be opened because its disk is full (SQLite cannot even create
+/// the `-wal` file), the daemon neither exits nor crash-loops under `Restart=on-failure`: it logs
+/// one ERROR with `QUEUE_DISK_FULL`, tells systemd why it is not ready yet (`STATUS=`, and
+/// `EXTEND_TIMEOUT_USEC` so the start timeout does not kill it) and tries again every few
+/// seconds until space returns or it is told to stop (then `None`).
+async fn open_queue(
+    opts: QueueOptions,
+    control: &Control,
+) -> Result<Option<(Queue, crate::queue::OpenReport)>, AppError> {
+    let mut waiting_since = None;
+    loop {
+        let attempt = opts.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let dir = attempt
+                .path
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            Queue::open(attempt).map_err(|e| {
+                let full = matches!(e, QueueError::Open { .. }) && crate::queue::disk_is_full(&dir);
+                (e, full)
+            })
+        })
+        .await
+        .map_err(|e| AppError::Join(e.to_string()))?;
+        match opened {
+            Ok(open) => {
+                if let Some(since) = waiting_since {
+                    tracing::warn!(
+                        message_id = crate::events::QUEUE_DISK_OK,
+                        queue = %opts.path.display(),
+                        waited_s = std::time::Instant::elapsed(&since).as_secs(),
+                        "queue disk has space again; the queue is open"
+                    );
+                }
+                return Ok(Some(open));
+            }
+            Err((e, true)) => {
+                if waiting_since.is_none() {
+                    tracing::error!(
+                        message_id = crate::events::QUEUE_DISK_FULL,
+                        queue = %opts.path.display(),
+                        error = %e,
+                        "cannot open the queue: its disk is full; trying again every {} s until space is freed",
+                        DISK_FULL_RETRY.as_secs()
+                    );
+                    waiting_since = Some(std::time::Instant::now());
+                }
+                control
+                    .notifier
+                    .status("not ready: the queue's disk is full; waiting for space");
+                control.notifier.extend_timeout(DISK_FULL_RETRY * 3);
+                tokio::select! {
+                    () = control.shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(DISK_FULL_RETRY) => {}
+                }
+            }
+            Err((e, false)) => return Err(e.into()),
+        }
+    }
+}
+
 /// [`run`] with hooks to adjust the queue and sender settings (tests and `demo` use shorter
 /// windows and retry intervals) and the outside [`Control`] (or just a shutdown token).
 pub async fn run_with(
@@ -211,10 +277,10 @@ pub async fn run_with(
     let mut control: Control = control.into();
     let opts = queue_options(&config.queue);
     let path = opts.path.clone();
-    // Opening may run quick_check and salvage a damaged file: keep it off the runtime threads.
-    let (queue, report) = tokio::task::spawn_blocking(move || Queue::open(opts))
-        .await
-        .map_err(|e| AppError::Join(e.to_string()))??;
+    let Some((queue, report)) = open_queue(opts, &control).await? else {
+        tracing::info!("stopped while waiting for disk space");
+        return Ok(());
+    };
     tracing::info!(queue = %path.display(), pending = report.pending, unclean = report.unclean, "queue open");
 
     let health = Health::new(control.fault);

@@ -55,6 +55,13 @@ impl Notifier {
         self.send(&[NotifyState::Stopping]);
     }
 
+    /// Asks systemd for more time to start (`EXTEND_TIMEOUT_USEC`), e.g. while waiting for
+    /// disk space before `READY=1`.
+    pub fn extend_timeout(&self, by: Duration) {
+        let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+        self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+    }
+
     pub fn ping(&self) {
         self.send(&[NotifyState::Watchdog]);
     }

@@ -387,6 +387,23 @@ pub(crate) fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether the file system holding `dir` has no room left: a 64 KiB probe file cannot be
+/// written there (`ENOSPC` or `EDQUOT`). Tells a full disk apart from a damaged queue when
+/// opening fails, so the daemon waits for space instead of exiting.
+pub fn disk_is_full(dir: &Path) -> bool {
+    use std::io::Write as _;
+    let probe = dir.join(".enectiva-space-probe");
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 64 * 1024])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    matches!(
+        written,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+    )
+}
+
 fn open_error(path: &Path, e: impl std::fmt::Display) -> QueueError {
     QueueError::Open {
         path: path.to_path_buf(),

@@ -406,6 +406,49 @@ async fn r3_disk_full_holds_readings_counts_drops_and_resumes() {
         "a full disk was taken for an I/O error:\n{log}"
     );
     assert_eq!(quick_check(&qp), "ok");
+
+    // A start on a full disk (power returns to a gateway whose disk filled up): SQLite cannot
+    // create the `-wal` file, so the queue cannot open. The daemon must neither exit (a crash
+    // loop under `Restart=on-failure`) nor report running; it waits and starts once space
+    // returns, losing nothing that was queued.
+    let pending_before = queue::status(&qp).expect("status").pending;
+    fault.fill();
+    let mut d = Reaper(Some(world.start(&env)));
+    assert!(
+        wait_until(LONG, || d.log().contains(events::QUEUE_DISK_FULL)).await,
+        "no disk-full ERROR when starting on a full disk:\n{}",
+        d.log()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    d.assert_alive("when started on a full disk");
+    assert!(
+        !d.log().contains(" running"),
+        "running without a queue:\n{}",
+        d.log()
+    );
+    fault.free();
+    let freed_at_start = Instant::now();
+    assert!(d.d().wait_running().await, "{}", d.log());
+    let started_after_free = freed_at_start.elapsed();
+    assert!(
+        started_after_free <= Duration::from_secs(10),
+        "running {started_after_free:?} after space was freed"
+    );
+    let (code, _, start_log) = d.0.take().expect("daemon").stop();
+    let start_log = strip_ansi(&start_log);
+    assert_eq!(code, Some(0), "{start_log}");
+    assert_eq!(
+        count_message(&start_log, events::QUEUE_DISK_FULL),
+        1,
+        "{start_log}"
+    );
+    assert!(
+        !start_log.contains(events::QUEUE_SET_ASIDE),
+        "a full disk was taken for a damaged queue:\n{start_log}"
+    );
+    assert_eq!(quick_check(&qp), "ok");
+    assert!(queue::status(&qp).expect("status").pending >= pending_before);
+
     let mode = fault.name();
     let fill_note = match &fault {
         Fault::Tmpfs { .. } => format!("filler {} KiB", filler / 1024),
@@ -415,7 +458,7 @@ async fn r3_disk_full_holds_readings_counts_drops_and_resumes() {
     drop(fault);
 
     println!(
-        "R3 ({mode}): 1 process throughout, exit 0; disk-full ERROR logged once, {:.1} s after the fill ({fill_note}); {backlog} committed readings delivered while the disk was full ({delivered_while_full} accepted by then); memory bound {MEMORY_LIMIT}: first commit after recovery carried {carried} readings; resumed {:.1} s after space was freed; {read} read = {accepted} delivered + {} dropped; enqueued {} = delivered {} + dead-lettered {} + dropped {}; quick_check ok; {:.0} s",
+        "R3 ({mode}): 1 process throughout, exit 0; disk-full ERROR logged once, {:.1} s after the fill ({fill_note}); {backlog} committed readings delivered while the disk was full ({delivered_while_full} accepted by then); memory bound {MEMORY_LIMIT}: first commit after recovery carried {carried} readings; resumed {:.1} s after space was freed; {read} read = {accepted} delivered + {} dropped; enqueued {} = delivered {} + dead-lettered {} + dropped {}; quick_check ok; started on a full disk: waited without exiting, running {:.1} s after space was freed; {:.0} s",
         detected.as_secs_f64(),
         resumed.as_secs_f64(),
         c("dropped"),
@@ -423,6 +466,7 @@ async fn r3_disk_full_holds_readings_counts_drops_and_resumes() {
         c("delivered"),
         c("dead_lettered"),
         c("dropped"),
+        started_after_free.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
 }
