@@ -31,13 +31,13 @@ pub struct SetAside {
     pub lost: Option<u64>,
 }
 
-fn utc_stamp() -> String {
+pub(super) fn utc_stamp() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':'], "")
 }
 
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+pub(super) fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
@@ -61,7 +61,7 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
             let _ = std::fs::rename(&from, with_suffix(&target, ext));
         }
     }
-    prune(path);
+    prune(path, ".corrupt-");
 
     let mut fresh = match Db::open(path, Mode::Daemon, false) {
         Ok(Opened::Ok(db)) => db,
@@ -129,7 +129,8 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
 
     let aside = SetAside {
         moved_to: target,
-        reason: reason.to_string(),
+        // One line, whatever the error said (the log is read line by line outside journald).
+        reason: reason.lines().map(str::trim).collect::<Vec<_>>().join("; "),
         salvaged,
         salvaged_dead,
         lost,
@@ -226,8 +227,9 @@ fn probe<T>(
     out
 }
 
-/// Keeps only the newest set-aside files.
-fn prune(path: &Path) {
+/// Keeps only the newest set-aside files: those named `<queue name><infix>…` (`.corrupt-` for
+/// set-aside queues with their `-wal`/`-shm`, `-wal.corrupt-` for copies of damaged logs).
+pub(super) fn prune(path: &Path, infix: &str) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
@@ -236,7 +238,7 @@ fn prune(path: &Path) {
     } else {
         dir
     };
-    let prefix = format!("{}.corrupt-", name.to_string_lossy());
+    let prefix = format!("{}{infix}", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

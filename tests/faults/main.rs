@@ -4,5 +4,6 @@
 //! the CI-sized settings; `ENECTIVA_FAULTS_LONG=1 cargo test --release --test faults` runs the
 //! release-check sizes. Results: RELIABILITY.md.
 
+mod corrupt;
 mod crash;
 mod harness;
