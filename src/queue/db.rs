@@ -391,6 +391,28 @@ impl Db {
         Ok(())
     }
 
+    /// Whether a reading with this id is queued.
+    pub fn has_reading(&self, id: i64) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM readings WHERE id = ?1")?
+            .exists([id])
+    }
+
+    /// Makes a salvaged reading the series' reference value unless a newer one is.
+    pub fn raise_last_value(
+        &self,
+        series_id: i64,
+        value: f64,
+        reading_id: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE series SET last_value = ?2, last_id = ?3
+             WHERE id = ?1 AND (last_id IS NULL OR last_id < ?3)",
+            params![series_id, value, reading_id],
+        )?;
+        Ok(())
+    }
+
     /// Inserts a reading; `id` keeps a salvaged reading's original position.
     pub fn insert_reading(&mut self, r: &Reading, id: Option<i64>) -> rusqlite::Result<i64> {
         let series_id = self.series_id(&r.series)?;

@@ -14,6 +14,7 @@
 mod acks;
 mod db;
 mod inspect;
+mod pages;
 mod salvage;
 mod wal;
 
@@ -34,7 +35,7 @@ pub use inspect::{
     DeadSelection, SeriesStatus, Status, dead_list, dead_purge, dead_retry, fix_ownership, status,
 };
 pub use salvage::SetAside;
-pub use wal::{Damage as WalLoss, WalDamage};
+pub use wal::{Damage as WalLoss, Recovered, WalDamage};
 
 use db::{Db, Failure, Mode, Opened};
 
@@ -419,39 +420,72 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
     }
     let existed = path.exists();
     let mut report = OpenReport::default();
-    // SQLite replays a damaged log silently up to the damage: look at it before SQLite does.
-    report.wal_damage = wal::inspect(path);
-    // A file that exists but is empty: SQLite would happily treat it as a new database, but
-    // the daemon created it and writes its schema at once, so an empty file means its content
-    // was lost (a file system that lost the data of a file after a power cut, a tool that
-    // truncated it). It is set aside like a damaged one, so the loss is logged with
-    // QUEUE_SET_ASIDE (and a `-wal` beside it is salvaged from).
+    // SQLite replays a damaged log silently up to the damage: look at it before SQLite does,
+    // and read what the frames beyond the damage hold while they are still there.
+    let inspected = wal::inspect(path);
+    // A file that exists but is empty: SQLite would happily treat it as a new database (and
+    // delete a log beside it), but the daemon created it and writes its schema at once, so an
+    // empty file means its content was lost (a file system that lost the data of a file after
+    // a power cut, a tool that truncated it). It is set aside like a damaged one, so the loss
+    // is logged with QUEUE_SET_ASIDE and the readings in a log beside it are salvaged.
     let empty = existed && std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
     let mut unclean = false;
     if existed && !empty {
         unclean = previous_run_unclean(path);
     }
     report.unclean = unclean;
-    // quick_check reads the whole file: after an unclean stop always, otherwise while the file
-    // is small enough that it costs well under a second even on an SD card.
+    // quick_check reads the whole file: after an unclean stop or a damaged log always (the
+    // log's valid prefix may not match pages a checkpoint already copied), otherwise while the
+    // file is small enough that it costs well under a second even on an SD card.
     let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= opts.quick_check_max);
+    let check = unclean || inspected.is_some() || (existed && small);
     let opened = if empty {
-        Opened::Corrupt(
+        Ok(Opened::Corrupt(
             "the queue file is empty (zero length): any readings it held are lost".into(),
-        )
+        ))
     } else {
-        Db::open(path, Mode::Daemon, unclean || (existed && small))
-            .map_err(|e| open_error(path, e))?
+        Db::open(path, Mode::Daemon, check)
+    };
+    let (mut wal_damage, log_rows) = match inspected {
+        Some(found) => (Some(found.damage), found.rows),
+        None => (None, Vec::new()),
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            if let Some(d) = wal_damage.as_mut() {
+                d.recovered = Recovered::Failed;
+                d.log();
+            }
+            return Err(open_error(path, e));
+        }
     };
     let mut db = match opened {
-        Opened::Ok(db) => db,
+        Opened::Ok(mut db) => {
+            if let Some(d) = wal_damage.as_mut() {
+                d.recovered = match salvage::carry_over(&mut db, &log_rows) {
+                    Ok(n) => Recovered::Carried(n),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot carry the readings of the damaged write-ahead log into the queue");
+                        Recovered::Failed
+                    }
+                };
+                d.log();
+            }
+            db
+        }
         Opened::Corrupt(reason) => {
+            if let Some(d) = wal_damage.as_mut() {
+                d.recovered = Recovered::SetAside;
+                d.log();
+            }
             let (db, aside) =
                 salvage::set_aside(path, &reason, 0).map_err(|e| open_error(path, e))?;
             report.set_aside = Some(aside);
             db
         }
     };
+    report.wal_damage = wal_damage;
     // Marked clean again only by Queue::close.
     if let Err(e) = db.set_state("clean_shutdown", "0") {
         tracing::error!(error = %e, "cannot mark the queue open");

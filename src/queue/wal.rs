@@ -6,15 +6,21 @@
 //! <https://www.sqlite.org/fileformat2.html>) and tells damage apart from what SQLite normally
 //! leaves behind: the frames of a transaction that never committed, and frames of an earlier
 //! round of a log that was reset after a checkpoint (they carry other salts). Damage means a
-//! commit frame of the current round lies beyond what SQLite will replay. [`inspect`] runs the
-//! check on the queue's `-wal`, keeps a copy of a damaged log and logs the loss with
-//! `QUEUE_WAL_DAMAGED`; the queue then opens normally (SQLite uses the valid prefix, and the
-//! `quick_check` that follows an unclean stop catches a file the prefix leaves inconsistent).
-//! Parsing never panics, whatever the bytes.
+//! commit frame of the current round lies beyond what SQLite will replay. [`check`] also checks
+//! every frame on its own (its checksum seeded with the one stored just before it), so the
+//! frames after a damaged one can still be trusted and salvaged (`pages.rs`). [`inspect`] runs
+//! the check on the queue's `-wal` before SQLite opens it, reads the readings of the lost
+//! transactions from those frames and keeps a copy of the damaged log; the queue then opens
+//! normally (SQLite uses the valid prefix; `quick_check` runs and sets aside a file the prefix
+//! leaves inconsistent), the readings are carried into it, and the loss is logged with
+//! `QUEUE_WAL_DAMAGED`. Parsing never panics, whatever the bytes.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use super::db::Row;
+use super::pages;
 use super::salvage::{prune, utc_stamp, with_suffix};
 use crate::events;
 
@@ -39,6 +45,26 @@ pub struct Summary {
     pub frames_used: u64,
     pub commits_used: u64,
     pub damage: Option<Damage>,
+    /// The newest copy of each page in a frame that checks out on its own (the round's salts,
+    /// and its checksum seeded with the one stored just before it) and belongs to a
+    /// transaction whose commit frame checks out too: page number → frame index. Beside a
+    /// sound log these are exactly the pages SQLite replays; after damage they also hold the
+    /// transactions committed beyond it, which salvage reads without SQLite.
+    pub trusted: BTreeMap<u32, u64>,
+    /// The database size in pages from the last of those commit frames.
+    pub db_pages: Option<u32>,
+}
+
+impl Summary {
+    /// Where the page of frame `index` starts in the log.
+    pub fn page_offset(&self, index: u64) -> u64 {
+        let page = if self.page_size == 0 {
+            QUEUE_PAGE_SIZE
+        } else {
+            self.page_size
+        };
+        HEADER as u64 + index * (FRAME_HEADER as u64 + u64::from(page)) + FRAME_HEADER as u64
+    }
 }
 
 /// Committed transactions SQLite will not replay.
@@ -62,8 +88,8 @@ impl Damage {
     pub fn describe(&self) -> String {
         let lost = if self.bytes_unparsed > 0 {
             format!(
-                "{} bytes of frames that cannot be told apart",
-                self.bytes_unparsed
+                "{} bytes of frames, {} committed transactions among them",
+                self.bytes_unparsed, self.commits_lost
             )
         } else {
             format!(
@@ -78,6 +104,9 @@ impl Damage {
             ),
             None if self.refused => format!(
                 "the write-ahead log has an unknown format version: SQLite refuses it, so it is moved away ({lost})"
+            ),
+            None if self.bytes_unparsed > 0 => format!(
+                "the write-ahead log header has no valid page size: SQLite ignores the whole log ({lost})"
             ),
             None => format!(
                 "the write-ahead log header is damaged: SQLite ignores the whole log ({lost})"
@@ -128,7 +157,11 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Reads a whole log (streaming, one frame in memory) and says what SQLite will make of it.
+/// The queue's page size, used to find frames when the header's own is unreadable.
+const QUEUE_PAGE_SIZE: u32 = 4096;
+
+/// Reads a whole log (streaming, one frame in memory) and says what SQLite will make of it,
+/// and which frames can still be trusted on their own.
 pub fn check(mut r: impl Read) -> io::Result<Summary> {
     let mut hdr = [0u8; HEADER];
     if read_full(&mut r, &mut hdr)? < HEADER {
@@ -136,70 +169,74 @@ pub fn check(mut r: impl Read) -> io::Result<Summary> {
         return Ok(Summary::default());
     }
     let magic = be32(&hdr, 0);
-    let page_size = be32(&hdr, 8);
+    let header_size = be32(&hdr, 8);
     let big = magic == MAGIC_BE;
     let magic_ok = magic == MAGIC_LE || magic == MAGIC_BE;
-    let size_ok = page_size.is_power_of_two() && (512..=65536).contains(&page_size);
+    let size_ok = header_size.is_power_of_two() && (512..=65536).contains(&header_size);
+    // With an unreadable page size SQLite ignores the log; frames are still looked for at
+    // the queue's page size, so that what they hold can be salvaged.
+    let page_size = if size_ok {
+        header_size
+    } else {
+        QUEUE_PAGE_SIZE
+    };
     let header_sum = checksum(&hdr[..24], big, (0, 0));
-    let sum_ok = header_sum == (be32(&hdr, 24), be32(&hdr, 28));
+    let stored_header_sum = (be32(&hdr, 24), be32(&hdr, 28));
+    let header_ok = magic_ok && size_ok && header_sum == stored_header_sum;
     let salts = [
         hdr[16], hdr[17], hdr[18], hdr[19], hdr[20], hdr[21], hdr[22], hdr[23],
     ];
 
-    if !size_ok {
-        // No way to find frames: count the bytes SQLite ignores.
-        let mut rest = 0u64;
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = read_full(&mut r, &mut buf)?;
-            rest += n as u64;
-            if n < buf.len() {
-                break;
-            }
-        }
-        let damage = (rest >= (FRAME_HEADER + 512) as u64).then_some(Damage {
-            first_bad_frame: None,
-            frames_lost: 0,
-            commits_lost: 0,
-            bytes_unparsed: rest,
-            refused: false,
-        });
-        return Ok(Summary {
-            damage,
-            ..Summary::default()
-        });
-    }
-
     let frame_len = FRAME_HEADER + page_size as usize;
     let mut buf = vec![0u8; frame_len];
-    let header_ok = magic_ok && sum_ok;
     // With a damaged header the round is the one of the first frame (always the newest).
     let mut round: Option<[u8; 8]> = header_ok.then_some(salts);
     let mut chain = header_ok.then_some(header_sum);
     let mut s = Summary {
-        page_size,
+        page_size: if size_ok { page_size } else { 0 },
         ..Summary::default()
     };
     let (mut valid, mut later_frames, mut later_commits) = (0u64, 0u64, 0u64);
     let mut first_bad = None;
     let mut bad_in_round = false;
-    while read_full(&mut r, &mut buf)? == frame_len {
+    // Frame by frame on its own: seeded with the checksum stored before it (the previous
+    // frame's, or the header's, stored or recomputed), so one damaged frame does not take the
+    // trust of every later one with it.
+    let mut seeds = [stored_header_sum, header_sum];
+    let mut uncommitted: Vec<(u32, u64)> = Vec::new();
+    let mut bytes = 0u64;
+    loop {
+        let n = read_full(&mut r, &mut buf)?;
+        bytes += n as u64;
+        if n < frame_len {
+            break;
+        }
         let index = s.frames;
         s.frames += 1;
         let frame_salts = [
             buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
         ];
-        let commit = be32(&buf, 4) != 0;
+        let pgno = be32(&buf, 0);
+        let commit = be32(&buf, 4);
+        let stored = (be32(&buf, 16), be32(&buf, 20));
         let round = *round.get_or_insert(frame_salts);
+        let in_round = frame_salts == round;
+        let body = |seed| checksum(&buf[FRAME_HEADER..], big, checksum(&buf[..8], big, seed));
+        let sound = in_round && pgno != 0 && seeds.iter().any(|seed| body(*seed) == stored);
+        seeds = [stored, stored];
+        if sound {
+            uncommitted.push((pgno, index));
+            if commit != 0 {
+                s.trusted.extend(uncommitted.drain(..));
+                s.db_pages = Some(commit);
+            }
+        }
         if let Some(seed) = chain {
-            let sum = checksum(&buf[FRAME_HEADER..], big, checksum(&buf[..8], big, seed));
-            let ok = frame_salts == round
-                && be32(&buf, 0) != 0
-                && sum == (be32(&buf, 16), be32(&buf, 20));
-            if ok {
+            let sum = body(seed);
+            if in_round && pgno != 0 && sum == stored {
                 chain = Some(sum);
                 valid += 1;
-                if commit {
+                if commit != 0 {
                     s.frames_used = valid;
                     s.commits_used += 1;
                 }
@@ -207,19 +244,30 @@ pub fn check(mut r: impl Read) -> io::Result<Summary> {
             }
             chain = None;
             first_bad = Some(index);
-            bad_in_round = frame_salts == round;
+            bad_in_round = in_round;
         }
-        if frame_salts == round {
+        if in_round {
             later_frames += 1;
-            later_commits += u64::from(commit);
+            later_commits += u64::from(commit != 0);
         }
     }
     // Frames of this round beyond the first bad one: without them the bad frame is the
-    // torn end of an append, which SQLite expects after a crash.
+    // torn end of an append, which SQLite expects after a crash. (A bad frame inside the last
+    // transaction, before its commit frame, counts as damage: that transaction's COMMIT may
+    // have returned.)
     let beyond_bad = later_frames.saturating_sub(u64::from(bad_in_round));
     let frames_lost = valid - s.frames_used + later_frames;
     let version_ok = be32(&hdr, 4) == VERSION;
-    s.damage = if header_ok && !version_ok {
+    s.damage = if !size_ok {
+        // SQLite cannot even find the frames: all of them are lost to it.
+        (bytes >= (FRAME_HEADER + 512) as u64).then_some(Damage {
+            first_bad_frame: None,
+            frames_lost: s.frames,
+            commits_lost: later_commits,
+            bytes_unparsed: bytes,
+            refused: false,
+        })
+    } else if header_ok && !version_ok {
         // SQLite refuses the log (and the database with it) whatever its frames hold.
         Some(Damage {
             first_bad_frame: None,
@@ -261,13 +309,70 @@ pub struct WalDamage {
     /// Where the damaged log was copied (or moved, when SQLite would refuse it); `None` when
     /// that failed.
     pub kept: Option<PathBuf>,
+    /// Frames SQLite replays (and the commits among them).
+    pub frames_used: u64,
+    /// What became of the readings of the lost transactions.
+    pub recovered: Recovered,
 }
 
-/// Checks the `-wal` of the queue at `queue` before SQLite opens it. On damage, keeps the log
-/// as `<queue>-wal.corrupt-<UTC>` (the newest three are kept), logs an ERROR with
-/// `QUEUE_WAL_DAMAGED` and returns what was found. An unreadable log is only warned about:
-/// SQLite will report it when it opens the queue.
-pub fn inspect(queue: &Path) -> Option<WalDamage> {
+/// What became of the readings in a damaged log's intact frames beyond the damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// Not known yet: the queue has not been opened.
+    Pending,
+    /// This many were carried into the queue (the others were there already).
+    Carried(u64),
+    /// The queue file was corrupt and set aside; its salvage read the log's frames too.
+    SetAside,
+    /// The queue could not be opened or written: nothing was carried (the copy is kept).
+    Failed,
+}
+
+impl WalDamage {
+    /// Logs the event (ERROR, `QUEUE_WAL_DAMAGED`): the loss SQLite would have made silently.
+    pub fn log(&self) {
+        let (recovered, what) = match self.recovered {
+            Recovered::Carried(n) => (
+                n.to_string(),
+                "readings of those transactions found in the log's intact frames were kept in the queue (recovered), the rest is lost",
+            ),
+            Recovered::SetAside => (
+                "-".to_string(),
+                "the queue file was set aside too; its salvage read the log's intact frames",
+            ),
+            Recovered::Pending | Recovered::Failed => (
+                "0".to_string(),
+                "the readings of those transactions are lost unless a checkpoint had already copied them into the queue file",
+            ),
+        };
+        tracing::error!(
+            message_id = events::QUEUE_WAL_DAMAGED,
+            kept = %self.kept.as_ref().map_or_else(|| "-".to_string(), |p| p.display().to_string()),
+            first_bad_frame = self.damage.first_bad_frame.map_or(0, |i| i + 1),
+            frames_lost = self.damage.frames_lost,
+            commits_lost = self.damage.commits_lost,
+            frames_used = self.frames_used,
+            recovered = %recovered,
+            "{}; {what}",
+            self.damage.describe()
+        );
+    }
+}
+
+/// What [`inspect`] found: the damage, and the readings in the trusted frames SQLite will not
+/// replay (read before anything touches the log).
+#[derive(Debug)]
+pub struct Inspected {
+    pub damage: WalDamage,
+    pub rows: Vec<Row>,
+}
+
+/// Checks the `-wal` of the queue at `queue` before SQLite opens it. On damage, reads the
+/// readings in the frames SQLite will not replay but that check out on their own, and keeps
+/// the log as `<queue>-wal.corrupt-<UTC>` (the newest three are kept). Logging is the caller's
+/// ([`WalDamage::log`]), once it knows what became of those readings. An unreadable log is
+/// only warned about: SQLite will report it when it opens the queue.
+pub fn inspect(queue: &Path) -> Option<Inspected> {
     let wal = with_suffix(queue, "-wal");
     if std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0 {
         return None;
@@ -279,7 +384,11 @@ pub fn inspect(queue: &Path) -> Option<WalDamage> {
             return None;
         }
     };
-    let damage = summary.damage?;
+    let damage = summary.damage.clone()?;
+    let rows = pages::scan_queue(queue, Some((&wal, &summary)), Some(summary.frames_used))
+        .rows
+        .into_values()
+        .collect();
     let mut target = with_suffix(queue, &format!("-wal.corrupt-{}", utc_stamp()));
     let mut n = 1;
     while target.exists() && n < 1000 {
@@ -303,18 +412,15 @@ pub fn inspect(queue: &Path) -> Option<WalDamage> {
         }
     };
     prune(queue, "-wal.corrupt-");
-    tracing::error!(
-        message_id = events::QUEUE_WAL_DAMAGED,
-        path = %wal.display(),
-        kept = %kept.as_ref().map_or_else(|| "-".to_string(), |p| p.display().to_string()),
-        first_bad_frame = damage.first_bad_frame.map_or(0, |i| i + 1),
-        frames_lost = damage.frames_lost,
-        commits_lost = damage.commits_lost,
-        frames_used = summary.frames_used,
-        "{}; the readings committed in them are lost unless a checkpoint had already copied them into the queue file",
-        damage.describe()
-    );
-    Some(WalDamage { damage, kept })
+    Some(Inspected {
+        damage: WalDamage {
+            damage,
+            kept,
+            frames_used: summary.frames_used,
+            recovered: Recovered::Pending,
+        },
+        rows,
+    })
 }
 
 #[cfg(test)]
@@ -376,6 +482,12 @@ mod tests {
         assert!(s.commits_used >= 6, "{s:?}");
         assert_eq!(s.damage, None);
         assert_eq!(rows_seen(dir.path(), &wal), 150);
+        // Beside a sound log the trusted frames are the ones SQLite replays, newest per page.
+        assert!(!s.trusted.is_empty());
+        assert!(s.trusted.values().all(|i| *i < s.frames_used));
+        let last = s.trusted.values().max().copied();
+        assert_eq!(last, Some(s.frames_used - 1));
+        assert!(s.db_pages.is_some());
     }
 
     #[test]
@@ -395,6 +507,10 @@ mod tests {
         assert_eq!(s.commits_used + d.commits_lost, sound.commits_used, "{s:?}");
         assert!(d.commits_lost >= 1);
         assert!(d.describe().contains("frame 3 "), "{}", d.describe());
+        // The damaged frame is never trusted; the frames after it check out on their own.
+        assert!(s.trusted.values().all(|i| *i != 2), "{:?}", s.trusted);
+        assert!(s.trusted.values().any(|i| *i > 2), "{:?}", s.trusted);
+        assert_eq!(s.db_pages, sound.db_pages);
         // SQLite agrees: it sees only what the used frames committed.
         let seen = rows_seen(dir.path(), &bad);
         assert!((0..180).contains(&seen), "{seen}");
@@ -427,6 +543,7 @@ mod tests {
         let s = check(&bad[..]).expect("check");
         assert_eq!(s.damage, None);
         assert_eq!(s.commits_used, sound.commits_used - 1);
+        assert!(s.trusted.values().all(|i| *i < s.frames_used), "{s:?}");
         // A log cut in the middle of a frame (a torn append) is no damage either.
         let cut = &wal[..wal.len() - 100];
         assert_eq!(check(cut).expect("check").damage, None);
@@ -522,8 +639,9 @@ mod tests {
         let queue = dir.path().join("q.db");
         std::fs::write(with_suffix(&queue, "-wal"), &bad).expect("write");
         let found = inspect(&queue).expect("damage");
-        assert_eq!(found.damage.first_bad_frame, Some(1));
-        let kept = found.kept.expect("kept");
+        assert_eq!(found.damage.damage.first_bad_frame, Some(1));
+        assert_eq!(found.damage.recovered, Recovered::Pending);
+        let kept = found.damage.kept.clone().expect("kept");
         assert!(
             kept.to_string_lossy().contains("q.db-wal.corrupt-"),
             "{}",
@@ -534,7 +652,7 @@ mod tests {
         assert!(with_suffix(&queue, "-wal").exists());
         // A sound log is left alone.
         std::fs::write(with_suffix(&queue, "-wal"), &wal).expect("write");
-        assert_eq!(inspect(&queue), None);
+        assert!(inspect(&queue).is_none());
     }
 
     fn arbitrary_log() -> impl Strategy<Value = Vec<u8>> {
