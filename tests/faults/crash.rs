@@ -19,6 +19,7 @@ const MAX_IN_FLIGHT: u64 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r1_kill_9_at_random_moments_loses_nothing() {
+    let _serial = crate::harness::one_at_a_time().await;
     let kills = size(20, 200);
     let world = World::new(10, 10, "1s").await;
     let mut rng = Rng::new("r1");

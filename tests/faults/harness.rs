@@ -17,6 +17,13 @@ pub const CUSTOMER: &str = "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11";
 pub const TOKEN: &str = "faults-token";
 pub const LONG: Duration = Duration::from_secs(120);
 
+/// One scenario at a time: each runs a daemon at a high rate and some measure poll gaps, so
+/// two at once on a 2-core CI machine would measure each other. Every scenario holds this.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// CI-sized (false) or release-check-sized (true) runs.
 pub fn long_mode() -> bool {
     std::env::var_os("ENECTIVA_FAULTS_LONG").is_some()
