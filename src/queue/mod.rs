@@ -374,7 +374,8 @@ impl Queue {
         self.ask(|reply| Cmd::Flush { reply }).await
     }
 
-    /// Flushes, checkpoints, marks a clean shutdown and stops the writer thread.
+    /// Flushes, checkpoints, marks a clean shutdown, closes the file and stops the writer
+    /// thread; when it returns, the queue files can be opened (or replaced) by anyone.
     pub async fn close(&self) -> Result<(), QueueError> {
         self.ask(|reply| Cmd::Close { reply }).await
     }
@@ -711,6 +712,10 @@ impl Writer {
             match rx.recv_timeout(timeout) {
                 Ok(Cmd::Close { reply }) => {
                     let result = self.close();
+                    // The connection closes before the answer: whoever waited may open the
+                    // files next, and a last connection closing later would checkpoint and
+                    // delete whatever `-wal` lies there by then.
+                    drop(self);
                     let _ = reply.send(result);
                     return;
                 }
