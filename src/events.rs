@@ -8,6 +8,10 @@ pub const QUEUE_DROPPED: &str = "6b1f5c0e2d8a4f47a3c1e9b27d54a610";
 pub const READING_DEAD_LETTERED: &str = "0f3e8a7c91d24b6a8e5f2c7d1a9b3e42";
 /// A corrupt queue file was set aside and a fresh queue started.
 pub const QUEUE_SET_ASIDE: &str = "c4a9e2f17b3d4c58a1e6f0b9d2c7e813";
+/// The queue's write-ahead log was damaged: SQLite ignores the frames after the damage. The
+/// readings in its intact frames were carried into the queue (`recovered`), the rest of those
+/// transactions is lost; a copy of the log was kept for inspection.
+pub const QUEUE_WAL_DAMAGED: &str = "f3fed7e400334c638930a7c16370f36a";
 /// The queue's disk is full: readings wait in memory.
 pub const QUEUE_DISK_FULL: &str = "9d2b7e4f1c8a4e3b9f6a2d5c8e1b7a04";
 /// The queue is writable again after a full disk.

@@ -52,6 +52,21 @@ pub fn classify(e: &rusqlite::Error) -> Failure {
     }
 }
 
+/// `quick_check`'s findings in one log-friendly line: the first problem and how many more
+/// (it can list a hundred, one per line).
+pub fn condense(result: &str) -> String {
+    let problems: Vec<&str> = result
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("***"))
+        .collect();
+    match problems.as_slice() {
+        [] => result.split_whitespace().collect::<Vec<_>>().join(" "),
+        [one] => (*one).to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more problems)", rest.len()),
+    }
+}
+
 /// A reading as stored in the queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -198,7 +213,7 @@ impl Db {
             if result != "ok" {
                 return Err(OpenError::Sqlite(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                    Some(format!("quick_check: {result}")),
+                    Some(format!("quick_check: {}", condense(&result))),
                 )));
             }
         }
@@ -371,6 +386,28 @@ impl Db {
     ) -> rusqlite::Result<()> {
         self.conn.execute(
             "UPDATE series SET last_value = ?2, last_id = ?3 WHERE id = ?1",
+            params![series_id, value, reading_id],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a reading with this id is queued.
+    pub fn has_reading(&self, id: i64) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM readings WHERE id = ?1")?
+            .exists([id])
+    }
+
+    /// Makes a salvaged reading the series' reference value unless a newer one is.
+    pub fn raise_last_value(
+        &self,
+        series_id: i64,
+        value: f64,
+        reading_id: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE series SET last_value = ?2, last_id = ?3
+             WHERE id = ?1 AND (last_id IS NULL OR last_id < ?3)",
             params![series_id, value, reading_id],
         )?;
         Ok(())

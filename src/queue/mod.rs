@@ -14,7 +14,9 @@
 mod acks;
 mod db;
 mod inspect;
+mod pages;
 mod salvage;
+mod wal;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ pub use inspect::{
     DeadSelection, SeriesStatus, Status, dead_list, dead_purge, dead_retry, fix_ownership, status,
 };
 pub use salvage::SetAside;
+pub use wal::{Damage as WalLoss, Recovered, WalDamage};
 
 use db::{Db, Failure, Mode, Opened};
 
@@ -60,6 +63,11 @@ pub struct QueueOptions {
     /// power-cut harness's control run, which must show that the harness detects loss.
     #[doc(hidden)]
     pub full_sync: bool,
+    /// `quick_check` runs at open after an unclean stop, and after a clean one while the file
+    /// is at most this big (a full read; well under a second on an SD card at 32 MiB). Fault
+    /// tests set 0 so that damage is found later, by the statement that reads it.
+    #[doc(hidden)]
+    pub quick_check_max: u64,
 }
 
 impl QueueOptions {
@@ -74,12 +82,13 @@ impl QueueOptions {
             maintenance_interval: Duration::from_secs(60),
             max_page_count: None,
             full_sync: true,
+            quick_check_max: 32 << 20,
         }
     }
 
     /// Fault-injection knobs for the daemon binary, from `ENECTIVA_TEST_QUEUE` (comma-separated
-    /// `memory_limit=N`, `max_page_count=N`, `sync=normal`); unknown or absent knobs change
-    /// nothing. Used only by `tests/faults`.
+    /// `memory_limit=N`, `max_page_count=N`, `sync=normal`, `quick_check_max=BYTES`); unknown
+    /// or absent knobs change nothing. Used only by `tests/faults`.
     #[must_use]
     pub fn with_test_knobs(mut self) -> QueueOptions {
         let Ok(knobs) = std::env::var("ENECTIVA_TEST_QUEUE") else {
@@ -94,6 +103,11 @@ impl QueueOptions {
                 }
                 Some(("max_page_count", v)) => self.max_page_count = v.parse().ok(),
                 Some(("sync", "normal")) => self.full_sync = false,
+                Some(("quick_check_max", v)) => {
+                    if let Ok(n) = v.parse() {
+                        self.quick_check_max = n;
+                    }
+                }
                 _ => {}
             }
         }
@@ -171,6 +185,8 @@ pub struct OpenReport {
     pub unclean: bool,
     /// The file was corrupt and was set aside.
     pub set_aside: Option<SetAside>,
+    /// The write-ahead log was damaged: committed transactions in it were unreadable.
+    pub wal_damage: Option<WalDamage>,
 }
 
 /// Counters and gauges the daemon reads without touching the disk.
@@ -358,7 +374,8 @@ impl Queue {
         self.ask(|reply| Cmd::Flush { reply }).await
     }
 
-    /// Flushes, checkpoints, marks a clean shutdown and stops the writer thread.
+    /// Flushes, checkpoints, marks a clean shutdown, closes the file and stops the writer
+    /// thread; when it returns, the queue files can be opened (or replaced) by anyone.
     pub async fn close(&self) -> Result<(), QueueError> {
         self.ask(|reply| Cmd::Close { reply }).await
     }
@@ -421,27 +438,72 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
     }
     let existed = path.exists();
     let mut report = OpenReport::default();
-    // A file that exists but is empty is as unusable as a damaged one, except that SQLite
-    // happily treats it as a new database: that is what we want, nothing is lost.
+    // SQLite replays a damaged log silently up to the damage: look at it before SQLite does,
+    // and read what the frames beyond the damage hold while they are still there.
+    let inspected = wal::inspect(path);
+    // A file that exists but is empty: SQLite would happily treat it as a new database (and
+    // delete a log beside it), but the daemon created it and writes its schema at once, so an
+    // empty file means its content was lost (a file system that lost the data of a file after
+    // a power cut, a tool that truncated it). It is set aside like a damaged one, so the loss
+    // is logged with QUEUE_SET_ASIDE and the readings in a log beside it are salvaged.
+    let empty = existed && std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
     let mut unclean = false;
-    if existed {
+    if existed && !empty {
         unclean = previous_run_unclean(path);
     }
     report.unclean = unclean;
-    // quick_check reads the whole file: after an unclean stop always, otherwise while the file
-    // is small enough that it costs well under a second even on an SD card.
-    let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= 32 << 20);
-    let opened = Db::open(path, Mode::Daemon, unclean || (existed && small))
-        .map_err(|e| open_error(path, e))?;
+    // quick_check reads the whole file: after an unclean stop or a damaged log always (the
+    // log's valid prefix may not match pages a checkpoint already copied), otherwise while the
+    // file is small enough that it costs well under a second even on an SD card.
+    let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= opts.quick_check_max);
+    let check = unclean || inspected.is_some() || (existed && small);
+    let opened = if empty {
+        Ok(Opened::Corrupt(
+            "the queue file is empty (zero length): any readings it held are lost".into(),
+        ))
+    } else {
+        Db::open(path, Mode::Daemon, check)
+    };
+    let (mut wal_damage, log_rows) = match inspected {
+        Some(found) => (Some(found.damage), found.rows),
+        None => (None, Vec::new()),
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            if let Some(d) = wal_damage.as_mut() {
+                d.recovered = Recovered::Failed;
+                d.log();
+            }
+            return Err(open_error(path, e));
+        }
+    };
     let mut db = match opened {
-        Opened::Ok(db) => db,
+        Opened::Ok(mut db) => {
+            if let Some(d) = wal_damage.as_mut() {
+                d.recovered = match salvage::carry_over(&mut db, &log_rows) {
+                    Ok(n) => Recovered::Carried(n),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot carry the readings of the damaged write-ahead log into the queue");
+                        Recovered::Failed
+                    }
+                };
+                d.log();
+            }
+            db
+        }
         Opened::Corrupt(reason) => {
+            if let Some(d) = wal_damage.as_mut() {
+                d.recovered = Recovered::SetAside;
+                d.log();
+            }
             let (db, aside) =
                 salvage::set_aside(path, &reason, 0).map_err(|e| open_error(path, e))?;
             report.set_aside = Some(aside);
             db
         }
     };
+    report.wal_damage = wal_damage;
     // Marked clean again only by Queue::close.
     if let Err(e) = db.set_state("clean_shutdown", "0") {
         tracing::error!(error = %e, "cannot mark the queue open");
@@ -667,6 +729,10 @@ impl Writer {
             match rx.recv_timeout(timeout) {
                 Ok(Cmd::Close { reply }) => {
                     let result = self.close();
+                    // The connection closes before the answer: whoever waited may open the
+                    // files next, and a last connection closing later would checkpoint and
+                    // delete whatever `-wal` lies there by then.
+                    drop(self);
                     let _ = reply.send(result);
                     return;
                 }

@@ -4,14 +4,19 @@
 //! The damaged file (with its `-wal` and `-shm`) is renamed to `queue.db.corrupt-<UTC time>`,
 //! a fresh queue is created, and every reading and dead letter that can still be read is
 //! copied over with its original id, so delivery order and the sender's cursors stay valid.
-//! Damaged regions are skipped by probing forward through the rowid space (bounded). Readings
-//! that could not be read are counted as dropped. Never panics, whatever the file holds.
+//! Readings come from two readers: SQLite, probing forward through the rowid space over damaged
+//! regions (bounded), and `pages.rs`, which decodes the leaf pages of the file and of its log's
+//! intact frames without SQLite and finds what no b-tree path reaches any more. Readings that
+//! could not be read are counted as dropped. [`carry_over`] does the same for the readings of
+//! log frames SQLite will not replay (damaged log, `wal.rs`) when the file itself is sound.
+//! Never panics, whatever the files hold.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
 use super::db::{Db, DeadRow, Mode, Opened, Row};
+use super::{pages, wal};
 use crate::events;
 use crate::reading::Kind;
 
@@ -25,19 +30,22 @@ pub struct SetAside {
     pub reason: String,
     /// Readings and dead letters carried into the fresh queue.
     pub salvaged: u64,
+    /// Of the readings, those found only by reading the leaf pages directly (SQLite could not
+    /// reach them through the damaged pages above).
+    pub from_pages: u64,
     pub salvaged_dead: u64,
     /// Readings known to have been queued but unreadable (None when the counters were
     /// unreadable too, so nobody can know).
     pub lost: Option<u64>,
 }
 
-fn utc_stamp() -> String {
+pub(super) fn utc_stamp() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':'], "")
 }
 
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+pub(super) fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
@@ -61,7 +69,7 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
             let _ = std::fs::rename(&from, with_suffix(&target, ext));
         }
     }
-    prune(path);
+    prune(path, ".corrupt-");
 
     let mut fresh = match Db::open(path, Mode::Daemon, false) {
         Ok(Opened::Ok(db)) => db,
@@ -71,6 +79,7 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
 
     let found = read_old(&target);
     let salvaged = found.readings.len() as u64;
+    let from_pages = found.from_pages;
     let salvaged_dead = found.dead.len() as u64;
     let lost = found.counters.as_ref().map(|c| {
         let get = |k: &str| c.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
@@ -129,8 +138,10 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
 
     let aside = SetAside {
         moved_to: target,
-        reason: reason.to_string(),
+        // One line, whatever the error said (the log is read line by line outside journald).
+        reason: reason.lines().map(str::trim).collect::<Vec<_>>().join("; "),
         salvaged,
+        from_pages,
         salvaged_dead,
         lost,
     };
@@ -139,6 +150,7 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
         moved_to = %aside.moved_to.display(),
         reason = %aside.reason,
         salvaged = aside.salvaged,
+        from_pages = aside.from_pages,
         salvaged_dead = aside.salvaged_dead,
         lost = aside.lost.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
         "queue file was corrupt: set aside, readable readings carried into a fresh queue"
@@ -148,6 +160,7 @@ pub fn set_aside(path: &Path, reason: &str, min_next_id: i64) -> Result<(Db, Set
 
 struct Found {
     readings: Vec<Row>,
+    from_pages: u64,
     dead: Vec<DeadRow>,
     counters: Option<Vec<(String, i64)>>,
 }
@@ -155,21 +168,84 @@ struct Found {
 fn read_old(path: &Path) -> Found {
     let mut found = Found {
         readings: Vec::new(),
+        from_pages: 0,
         dead: Vec::new(),
         counters: None,
     };
-    let Ok(conn) = Connection::open_with_flags(
+    // The pages first, before SQLite touches the files: it deletes a log that lies beside an
+    // empty file, replays a damaged one only up to the damage, and checkpoints when it closes.
+    // Leaves that SQLite cannot reach (damaged schema, root or interior pages, a file cut
+    // short, frames beyond a damaged one) still hold readings.
+    let log = with_suffix(path, "-wal");
+    let summary = wal::check_file(&log).ok();
+    let scan = pages::scan_queue(path, summary.as_ref().map(|s| (log.as_path(), s)), None);
+    let empty = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+    if empty {
+        // SQLite would see a new, empty database (and delete the log): nothing to ask it.
+    } else if let Ok(conn) = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) else {
-        return found;
-    };
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
-    let db = Db::wrap(conn);
-    found.counters = db.counters().ok().filter(|c| !c.is_empty());
-    found.readings = probe(|after, limit| db.readings_after(after, limit), |r| r.id);
-    found.dead = probe(|after, limit| db.dead_after(after, limit), |d| d.id);
+    ) {
+        let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
+        let db = Db::wrap(conn);
+        found.counters = db.counters().ok().filter(|c| !c.is_empty());
+        found.readings = probe(|after, limit| db.readings_after(after, limit), |r| r.id);
+        found.dead = probe(|after, limit| db.dead_after(after, limit), |d| d.id);
+    }
+    // What SQLite returned wins; the pages add the readings it could not reach.
+    let known: std::collections::HashSet<i64> = found.readings.iter().map(|r| r.id).collect();
+    let before = found.readings.len();
     found
+        .readings
+        .extend(scan.rows.into_values().filter(|r| !known.contains(&r.id)));
+    found.from_pages = (found.readings.len() - before) as u64;
+    if found.from_pages > 0 {
+        found.readings.sort_by_key(|r| r.id);
+    }
+    found
+}
+
+/// Carries readings that SQLite cannot see (read from the log's intact frames beyond a damaged
+/// one) into the open queue, with their ids, skipping ids the queue holds. The counter updates
+/// of their transactions were lost with them, so they are counted as enqueued (and salvaged)
+/// here and the books still balance. Returns how many were carried.
+pub fn carry_over(db: &mut Db, rows: &[Row]) -> rusqlite::Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    db.conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> rusqlite::Result<u64> {
+        let mut carried = 0u64;
+        let mut max_id = 0;
+        for row in rows {
+            if db.has_reading(row.id)? {
+                continue;
+            }
+            let id = db.insert_reading(&row.reading, Some(row.id))?;
+            max_id = max_id.max(id);
+            carried += 1;
+            if row.reading.series.kind == Kind::Reading {
+                let sid = db.series_id(&row.reading.series)?;
+                db.raise_last_value(sid, row.reading.value, id)?;
+            }
+        }
+        db.bump_sequence(max_id)?;
+        let n = i64::try_from(carried).unwrap_or(i64::MAX);
+        db.add_counter("enqueued", n)?;
+        db.add_counter("salvaged", n)?;
+        Ok(carried)
+    })();
+    match result {
+        Ok(n) => {
+            db.conn.execute_batch("COMMIT")?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = db.conn.execute_batch("ROLLBACK");
+            db.forget_series_cache();
+            Err(e)
+        }
+    }
 }
 
 /// Reads rows in id order; on an error, skips forward through the id space with growing steps
@@ -226,8 +302,9 @@ fn probe<T>(
     out
 }
 
-/// Keeps only the newest set-aside files.
-fn prune(path: &Path) {
+/// Keeps only the newest set-aside files: those named `<queue name><infix>…` (`.corrupt-` for
+/// set-aside queues with their `-wal`/`-shm`, `-wal.corrupt-` for copies of damaged logs).
+pub(super) fn prune(path: &Path, infix: &str) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
@@ -236,7 +313,7 @@ fn prune(path: &Path) {
     } else {
         dir
     };
-    let prefix = format!("{}.corrupt-", name.to_string_lossy());
+    let prefix = format!("{}{infix}", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

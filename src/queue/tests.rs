@@ -523,15 +523,51 @@ async fn garbage_file_is_set_aside_and_a_fresh_queue_works() {
 }
 
 #[tokio::test]
-async fn zero_length_file_is_a_fresh_queue() {
+async fn zero_length_file_is_set_aside_and_a_fresh_queue_works() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("queue.db");
     std::fs::write(&path, b"").expect("write");
     let (q, report) = Queue::open(opts(&dir)).expect("open");
-    assert!(report.set_aside.is_none());
+    // An empty file means its content was lost: the event is logged like any set-aside.
+    let aside = report.set_aside.expect("set aside");
+    assert!(aside.reason.contains("zero length"), "{}", aside.reason);
+    assert_eq!(aside.salvaged, 0);
     q.commit(vec![reading(Kind::Reading, "A", 1, 1.0)])
         .await
         .expect("commit");
+    assert_eq!(drain_all(&q).await.len(), 1);
+    q.close().await.expect("close");
+    // A queue that was never written to is not empty: reopening it sets nothing aside.
+    let (q, report) = Queue::open(opts(&dir)).expect("open");
+    assert!(report.set_aside.is_none());
+    q.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn zero_length_file_beside_a_log_salvages_from_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("queue.db");
+    // A queue whose readings are all in its log (no checkpoint yet), then its main file lost.
+    let (q, _) = Queue::open(opts(&dir)).expect("open");
+    let batch: Vec<Reading> = (0..50)
+        .map(|i| reading(Kind::Reading, "A", i, i as f64))
+        .collect();
+    q.commit(batch).await.expect("commit");
+    let wal = std::fs::read(dir.path().join("queue.db-wal")).expect("wal");
+    q.close().await.expect("close");
+    std::fs::write(&path, b"").expect("empty");
+    std::fs::write(dir.path().join("queue.db-wal"), &wal).expect("wal");
+    let (q, report) = Queue::open(opts(&dir)).expect("open");
+    let aside = report.set_aside.expect("set aside");
+    // SQLite deletes a log beside an empty file; the leaf pages in the log's frames still hold
+    // every reading, and the set-aside copy keeps its log.
+    assert_eq!(aside.salvaged, 50);
+    assert_eq!(aside.from_pages, 50);
+    assert_eq!(report.pending, 50);
+    assert!(super::salvage::with_suffix(&aside.moved_to, "-wal").exists());
+    let rows = drain_all(&q).await;
+    let times: Vec<i64> = rows.iter().map(|r| r.reading.time).collect();
+    assert_eq!(times, (0..50).collect::<Vec<i64>>());
     q.close().await.expect("close");
 }
 
@@ -599,6 +635,221 @@ async fn damaged_queue_keeps_its_readable_rows() {
         counter(&s, "enqueued"),
         counter(&s, "delivered") + counter(&s, "dead_lettered") + counter(&s, "dropped") + 1
     );
+    q.close().await.expect("close");
+}
+
+/// Pages (0-based) that are leaves of the readings table: b-tree table leaves (type 0x0D) with
+/// a unit in them.
+fn reading_leaves(path: &std::path::Path) -> Vec<u64> {
+    let bytes = std::fs::read(path).expect("read");
+    bytes
+        .chunks_exact(4096)
+        .enumerate()
+        .skip(1)
+        .filter(|(_, p)| p[0] == 0x0D && p.windows(3).any(|w| w == b"kWh"))
+        .map(|(i, _)| i as u64)
+        .collect()
+}
+
+/// A queue of 3000 readings closed cleanly, then one leaf in the middle of the readings table
+/// overwritten; opened without quick_check (as a large file after a clean stop is), so the
+/// damage is found by a later statement.
+async fn damaged_without_quick_check(dir: &tempfile::TempDir) -> (Queue, OpenReport) {
+    let path = dir.path().join("queue.db");
+    let (q, _) = Queue::open(opts(dir)).expect("open");
+    let batch: Vec<Reading> = (0..3000)
+        .map(|i| reading(Kind::Reading, "A", i, i as f64))
+        .collect();
+    q.commit(batch).await.expect("commit");
+    q.close().await.expect("close");
+    let leaves = reading_leaves(&path);
+    assert!(leaves.len() > 10, "{leaves:?}");
+    damage(&path, &[leaves[leaves.len() / 2]]);
+    let (q, report) = Queue::open(QueueOptions {
+        quick_check_max: 0,
+        ..opts(dir)
+    })
+    .expect("open");
+    // count(*) reads the smaller index and max(id) the right edge: nothing noticed yet.
+    assert!(report.set_aside.is_none());
+    assert!(!report.unclean);
+    (q, report)
+}
+
+#[tokio::test]
+async fn damage_found_by_a_read_sets_the_file_aside_at_run_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (q, _) = damaged_without_quick_check(&dir).await;
+    // The sender's fetches walk into the damaged leaf: set aside, salvaged, answered.
+    let rows = drain_all(&q).await;
+    assert!(rows.len() > 2500 && rows.len() < 3000, "{}", rows.len());
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+    let s = q.stats().await.expect("stats");
+    assert_eq!(counter(&s, "set_aside"), 1);
+    // Rows delivered before the damage was found were removed from the old file already.
+    let salvaged = counter(&s, "salvaged") as usize;
+    assert!(salvaged > 2500 && salvaged <= rows.len(), "{salvaged}");
+    assert_eq!(s.pending, 0);
+    // The books balance: what could not be read is counted as dropped.
+    assert_eq!(
+        counter(&s, "enqueued"),
+        counter(&s, "delivered") + counter(&s, "dead_lettered") + counter(&s, "dropped")
+    );
+    assert_eq!(
+        counter(&s, "dropped") as usize + rows.len(),
+        3000,
+        "{:?}",
+        s.counters
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    q.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn damage_found_by_a_write_sets_the_file_aside_and_the_batch_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (q, _) = damaged_without_quick_check(&dir).await;
+    // Removals of every id: some rows sit in the damaged leaf, so the group's DELETEs fail.
+    for id in 1..=3000 {
+        q.delivered(id, false).expect("delivered");
+    }
+    q.commit(vec![reading(Kind::Reading, "A", 10_000, 10_000.0)])
+        .await
+        .expect("commit");
+    q.flush().await.expect("flush");
+    let s = q.stats().await.expect("stats");
+    assert_eq!(counter(&s, "set_aside"), 1);
+    // The batch was applied again to the fresh queue: only the new reading is left, with an
+    // id above every old one.
+    let rows = drain_all(&q).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].id > 3000);
+    assert_eq!(rows[0].reading.time, 10_000);
+    q.close().await.expect("close");
+}
+
+/// A queue with five committed transactions of 40 readings each, all still in the log (as a
+/// `kill -9` leaves it); returns the main file's and the log's bytes.
+async fn killed_queue_files(dir: &tempfile::TempDir) -> (Vec<u8>, Vec<u8>) {
+    let path = dir.path().join("queue.db");
+    let (q, _) = Queue::open(opts(dir)).expect("open");
+    q.close().await.expect("close");
+    let (q, _) = Queue::open(opts(dir)).expect("open");
+    for t in 0..5 {
+        let batch: Vec<Reading> = (0..40)
+            .map(|i| reading(Kind::Reading, "A", t * 100 + i, (t * 100 + i) as f64))
+            .collect();
+        q.commit(batch).await.expect("commit");
+    }
+    let files = (
+        std::fs::read(&path).expect("db"),
+        std::fs::read(dir.path().join("queue.db-wal")).expect("wal"),
+    );
+    q.close().await.expect("close");
+    files
+}
+
+fn put_back(dir: &tempfile::TempDir, db: &[u8], wal: &[u8]) {
+    std::fs::write(dir.path().join("queue.db"), db).expect("db");
+    std::fs::write(dir.path().join("queue.db-wal"), wal).expect("wal");
+    let _ = std::fs::remove_file(dir.path().join("queue.db-shm"));
+}
+
+#[tokio::test]
+async fn a_damaged_log_is_reported_and_its_intact_frames_are_carried_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, mut wal) = killed_queue_files(&dir).await;
+    let summary = wal::check(&wal[..]).expect("check");
+    assert!(summary.commits_used >= 5, "{summary:?}");
+    // Damage a byte in the page of the first frame: SQLite replays nothing of the log.
+    wal[wal::HEADER + wal::FRAME_HEADER + 100] ^= 0x10;
+    put_back(&dir, &db, &wal);
+    // What SQLite alone would make of it: none of the 200 readings.
+    {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        put_back(&scratch, &db, &wal);
+        let conn = rusqlite::Connection::open(scratch.path().join("queue.db")).expect("open");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 0);
+    }
+    let (q, report) = Queue::open(opts(&dir)).expect("open");
+    assert!(report.set_aside.is_none());
+    let found = report.wal_damage.expect("wal damage");
+    assert_eq!(found.damage.first_bad_frame, Some(0));
+    assert!(found.damage.commits_lost >= 5);
+    let kept = found.kept.expect("kept");
+    assert_eq!(std::fs::read(&kept).expect("kept"), wal);
+    // The first frame held the first leaf; later commits rewrote it with every reading it
+    // held, so every reading is read from the frames after the damage.
+    assert_eq!(found.recovered, Recovered::Carried(200));
+    assert_eq!(report.pending, 200);
+    // They are the readings committed, with their ids, and the reference value is the last.
+    q.commit(vec![reading(Kind::Reading, "A", 10_000, 1.0)])
+        .await
+        .expect("commit");
+    let s = q.stats().await.expect("stats");
+    assert_eq!(counter(&s, "dead_lettered"), 1, "{:?}", s.counters);
+    let rows = drain_all(&q).await;
+    let times: Vec<i64> = rows.iter().map(|r| r.reading.time).collect();
+    let expected: Vec<i64> = (0..5)
+        .flat_map(|t| (0..40).map(move |i| t * 100 + i))
+        .collect();
+    assert_eq!(times, expected);
+    assert!(
+        rows.iter()
+            .all(|r| r.reading.value == r.reading.time as f64)
+    );
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+    q.commit(vec![reading(Kind::Reading, "A", 10_001, 1_000.0)])
+        .await
+        .expect("commit");
+    let next = drain_all(&q).await;
+    assert_eq!(next.len(), 1);
+    assert!(next[0].id > rows[rows.len() - 1].id);
+    // The books balance: the lost transactions' counts were replaced.
+    let s = q.stats().await.expect("stats");
+    assert_eq!(
+        counter(&s, "enqueued"),
+        counter(&s, "delivered") + counter(&s, "dead_lettered") + counter(&s, "dropped"),
+        "{:?}",
+        s.counters
+    );
+    q.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_damaged_log_header_loses_nothing_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, mut wal) = killed_queue_files(&dir).await;
+    // The salts: SQLite ignores the whole log; every frame still checks out on its own.
+    wal[17] ^= 0xff;
+    put_back(&dir, &db, &wal);
+    let (q, report) = Queue::open(opts(&dir)).expect("open");
+    let found = report.wal_damage.expect("wal damage");
+    assert_eq!(found.damage.first_bad_frame, None);
+    assert_eq!(found.recovered, Recovered::Carried(200));
+    assert_eq!(drain_all(&q).await.len(), 200);
+    q.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_torn_last_frame_is_no_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, wal) = killed_queue_files(&dir).await;
+    // A crash in the middle of appending the last frame: its transaction never committed.
+    let torn = &wal[..wal.len() - 1000];
+    put_back(&dir, &db, torn);
+    let (q, report) = Queue::open(opts(&dir)).expect("open");
+    assert!(report.wal_damage.is_none());
+    assert!(report.set_aside.is_none());
+    assert_eq!(report.pending, 160);
     q.close().await.expect("close");
 }
 

@@ -5,6 +5,7 @@
 //! release-check sizes. Results: RELIABILITY.md.
 
 mod clock;
+mod corrupt;
 mod crash;
 mod disk;
 mod harness;
