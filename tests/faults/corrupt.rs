@@ -550,27 +550,9 @@ fn damage(dir: &Path, damage: Damage, n: usize, rng: &mut Rng) -> (String, Harm)
     }
 }
 
-/// The log without ANSI colour sequences (`ESC [ … letter`).
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The number in `field=N` on the first log line with `message_id`.
 fn field(log: &str, message_id: &str, field: &str) -> Option<usize> {
-    let log = plain(log);
+    let log = crate::harness::strip_ansi(log);
     let line = log.lines().find(|l| l.contains(message_id))?;
     let pat = format!(" {field}=");
     let rest = &line[line.find(&pat)? + pat.len()..];
@@ -690,7 +672,7 @@ async fn trial(
         kind.name(),
         kind.message_id()
     );
-    let text = plain(&log);
+    let text = crate::harness::strip_ansi(&log);
     let at_run_time = matches!(
         (text.find(kind.message_id()), text.find(" running")),
         (Some(event), Some(up)) if event > up

@@ -198,6 +198,32 @@ impl World {
         }
         out
     }
+
+    /// Nothing invented: every delivered energy is a value its register held when read.
+    pub fn assert_nothing_invented(&self, acc: &[Accepted]) {
+        let served = self.served_energy();
+        for a in acc {
+            if a.import_id.ends_with("energy_total") || a.import_id.ends_with("total_energy") {
+                assert!(
+                    served
+                        .get(&a.import_id)
+                        .is_some_and(|s| s.contains(&key(a.value))),
+                    "{} = {} was never read",
+                    a.import_id,
+                    a.value
+                );
+            }
+        }
+    }
+
+    /// Requests the stand-in answered 409: readings sent again after their first delivery.
+    pub fn duplicates(&self) -> usize {
+        self.api
+            .attempts()
+            .iter()
+            .filter(|a| a.status == Some(409))
+            .count()
+    }
 }
 
 /// An f64 as an exact key (values are multiples of 0.25).

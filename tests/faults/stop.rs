@@ -63,12 +63,7 @@ async fn r11_sigterm_at_random_moments_exits_0_and_loses_nothing() {
     );
     let acc = world.api.accepted();
     assert_order(&acc);
-    let duplicates = world
-        .api
-        .attempts()
-        .iter()
-        .filter(|a| a.status == Some(409))
-        .count();
+    let duplicates = world.duplicates();
     let st = queue::status(&world.queue_path()).expect("status");
     let c = |k: &str| st.counters.get(k).copied().unwrap_or(0);
     assert_eq!(
