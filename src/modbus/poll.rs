@@ -233,9 +233,15 @@ impl<L: Link> BusMeter<L> for MeterPoller {
     }
 
     fn max_duration(&self, _line: &L) -> Duration {
-        // Each request may time out; a fallback may add one request per channel.
-        let requests = (self.plan.requests.len() + self.meter.channels.len() + 1) as u32;
-        (self.meter.timeout + self.meter.delay + Duration::from_millis(50)) * requests
+        // Each request may time out; a fallback may add one request per channel. Configured
+        // durations have no upper bound ("213503982334d" is valid), so this saturates.
+        let requests = self.plan.requests.len() + self.meter.channels.len() + 1;
+        let requests = u32::try_from(requests).unwrap_or(u32::MAX);
+        self.meter
+            .timeout
+            .saturating_add(self.meter.delay)
+            .saturating_add(Duration::from_millis(50))
+            .saturating_mul(requests)
     }
 
     async fn poll(&mut self, line: &mut L, bus: &str) -> Result<Vec<Sample>, LinkError> {
@@ -445,6 +451,37 @@ mod tests {
                 expected: 7,
                 got: 6
             })
+        );
+    }
+
+    #[test]
+    fn longest_poll_of_an_absurd_config_saturates() {
+        // The longest durations a config accepts, on a meter with 300 channels: the product
+        // used to overflow (a panic in the bus task) beyond about 500 requests.
+        let specs: Vec<RegisterSpec> = (0..300)
+            .map(|i| RegisterSpec {
+                table: Table::Holding,
+                address: i * 10,
+                data_type: DataType::U16,
+                order: WordOrder::Abcd,
+            })
+            .collect();
+        let mut m = meter(&specs, 1, 0);
+        m.timeout = Duration::from_millis(u64::MAX);
+        m.delay = Duration::from_millis(u64::MAX);
+        let p = MeterPoller::new(m);
+        let link = Scripted {
+            script: vec![],
+            asked: 0,
+        };
+        assert_eq!(BusMeter::max_duration(&p, &link), Duration::MAX);
+        // An ordinary meter, one merged request: (timeout + delay + 50 ms) × (1 + 2 channels + 1).
+        let mut m = meter(&specs[..2], 125, 16);
+        m.delay = Duration::from_millis(20);
+        let p = MeterPoller::new(m);
+        assert_eq!(
+            BusMeter::max_duration(&p, &link),
+            Duration::from_millis(1070) * 4
         );
     }
 
