@@ -1,8 +1,8 @@
 //! Fuzz target: arbitrary bytes as a configuration file through the whole load path `check`
 //! uses once the file is read (`Config::from_bytes`: UTF-8 check, TOML into spanned raw
 //! structs, validation), then what `check` does with the outcome: the report of a valid
-//! configuration (`check::describe`, the series list, each Modbus meter's request plan) or the
-//! text of every diagnostic. Bytes that are not UTF-8 are also fed as lossily decoded text to
+//! configuration (`check::describe`, the series list, each Modbus meter's request plan and the
+//! longest poll the watchdog is promised) or the text of every diagnostic. Bytes that are not UTF-8 are also fed as lossily decoded text to
 //! `Config::parse`, so mutations that break UTF-8 still reach the parser. Must never panic,
 //! and every diagnostic of the file must point inside the text. Owns nothing else.
 
@@ -10,9 +10,13 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
+use enectiva_collector::bus::{BusMeter, Line};
 use enectiva_collector::commands::check;
-use enectiva_collector::config::{Config, ConfigError, Diagnostic};
-use enectiva_collector::modbus::poll::MeterPoller;
+use enectiva_collector::config::{Config, ConfigError, Diagnostic, ModbusMeter};
+use enectiva_collector::modbus::Table;
+use enectiva_collector::modbus::poll::{Link, LinkError, MeterPoller};
 use libfuzzer_sys::fuzz_target;
 
 /// A directory that does not exist, so relative paths in the input name nothing.
@@ -40,6 +44,37 @@ fn check_place(text: &str, d: &Diagnostic) {
     }
 }
 
+/// A link nobody answers on: only there because `max_duration` takes the bus's line.
+struct Silent;
+
+impl Line for Silent {
+    async fn reconnect(&mut self) -> Result<(), LinkError> {
+        Ok(())
+    }
+}
+
+impl Link for Silent {
+    async fn read(
+        &mut self,
+        _unit: u8,
+        _table: Table,
+        _start: u16,
+        _count: u16,
+        _gap: Duration,
+        _timeout: Duration,
+    ) -> Result<Vec<u16>, LinkError> {
+        Err(LinkError::Timeout)
+    }
+}
+
+/// What the bus task derives from a meter before its first poll.
+fn plan_meter(m: &ModbusMeter) {
+    let poller = MeterPoller::new(m.clone());
+    let _ = poller.plan().registers_read();
+    let _ =
+        BusMeter::<Silent>::max_duration(&poller, &Silent).saturating_add(Duration::from_secs(5));
+}
+
 fn exercise(text: &str, result: Result<Config, ConfigError>) {
     match result {
         Ok(c) => {
@@ -49,14 +84,10 @@ fn exercise(text: &str, result: Result<Config, ConfigError>) {
                 check_place(text, d);
             }
             for bus in &c.modbus_tcp {
-                for m in &bus.meters {
-                    let _ = MeterPoller::new(m.clone()).plan().registers_read();
-                }
+                bus.meters.iter().for_each(plan_meter);
             }
             for bus in &c.modbus_rtu {
-                for m in &bus.meters {
-                    let _ = MeterPoller::new(m.clone()).plan().registers_read();
-                }
+                bus.meters.iter().for_each(plan_meter);
             }
         }
         Err(e) => {

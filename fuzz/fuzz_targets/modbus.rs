@@ -85,7 +85,11 @@ fn words_as_values(data: &[u8]) {
                     Err(e) => panic!("{t} {o} {w:04X?}: {e}"),
                 };
                 if !d.value.is_finite() {
-                    assert!(d.sentinel.is_some(), "{t} {o} {w:04X?}: unmarked {}", d.value);
+                    assert!(
+                        d.sentinel.is_some(),
+                        "{t} {o} {w:04X?}: unmarked {}",
+                        d.value
+                    );
                 }
             }
         }
@@ -187,7 +191,11 @@ fn meter_polls(data: &[u8]) {
     let mut previous: u16 = 0;
     for i in 0..n {
         let c = b.u8();
-        let table = if c & 1 == 0 { Table::Holding } else { Table::Input };
+        let table = if c & 1 == 0 {
+            Table::Holding
+        } else {
+            Table::Input
+        };
         let data_type = TYPES[usize::from((c >> 1) & 7)];
         let order = WordOrder::ALL[usize::from((c >> 4) & 3)];
         let address = match c >> 6 {
@@ -266,7 +274,11 @@ fn meter_polls(data: &[u8]) {
         retired.extend(r.retired.iter().copied());
         assert!(r.values.windows(2).all(|w| w[0].channel < w[1].channel));
         for v in &r.values {
-            assert!(!retired.contains(&v.channel), "retired channel {} read", v.channel);
+            assert!(
+                !retired.contains(&v.channel),
+                "retired channel {} read",
+                v.channel
+            );
             let s = specs[v.channel];
             let want: Vec<u16> = (0..u32::from(s.data_type.words()))
                 .map(|k| link.memory.word(s.table, u32::from(s.address) + k))
