@@ -280,8 +280,12 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
             let slot = m.schedule.next_due();
             let before = link.line_errors();
             // The poll, then the commit of its readings (one group-commit window and a sync).
-            ctx.health
-                .promise(&task, m.poller.max_duration(&link) + Duration::from_secs(5));
+            ctx.health.promise(
+                &task,
+                m.poller
+                    .max_duration(&link)
+                    .saturating_add(Duration::from_secs(5)),
+            );
             let outcome = m.poller.poll(&mut link, &bus).await;
             ctx.health.meter_result(m.poller.name(), outcome.is_ok());
             let after = link.line_errors();

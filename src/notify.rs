@@ -119,9 +119,13 @@ impl Health {
         i64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// `task` will check in again within `within` (plus slack).
+    /// `task` will check in again within `within` (plus slack). A `within` beyond what an
+    /// `Instant` can hold (durations in the config have no upper bound) is a promise for ever.
     pub fn promise(&self, task: &str, within: Duration) {
-        let deadline = self.ms(Instant::now() + within + SLACK);
+        let deadline = match Instant::now().checked_add(within.saturating_add(SLACK)) {
+            Some(at) => self.ms(at),
+            None => i64::MAX,
+        };
         let mut p = self.promises.lock().unwrap_or_else(|e| e.into_inner());
         match p.get_mut(task) {
             Some(d) => *d = deadline,
@@ -228,6 +232,9 @@ mod tests {
         assert!(!h.healthy());
         assert_eq!(h.late(), vec!["sender".to_string()]);
         h.forget("sender");
+        assert!(h.healthy());
+        // The longest wait a configuration can ask for is a promise, not a panic.
+        h.promise("bus b", Duration::MAX);
         assert!(h.healthy());
     }
 

@@ -7,6 +7,8 @@
 //! never opens serial ports or sockets and never reads the API token.
 
 mod mbus_quantities;
+#[cfg(test)]
+mod proptests;
 mod raw;
 mod validate;
 
@@ -290,6 +292,13 @@ impl Config {
     /// Reads, parses and validates a configuration file (and the profiles it names).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         validate::load(path)
+    }
+
+    /// Parses and validates the bytes of a configuration file: what [`Config::load`] does once
+    /// the file is read (no IO beyond validation's own: the files the configuration names, the
+    /// host name). Bytes that are not UTF-8 are one diagnostic, never a panic.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+        validate::from_bytes(bytes, path)
     }
 
     /// Parses and validates configuration text; `path` is used in messages and to resolve

@@ -288,17 +288,36 @@ impl Env {
 }
 
 pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
-        Err(e) => Err(ConfigError {
-            diagnostics: vec![Diagnostic {
-                file: path.to_path_buf(),
-                line: None,
-                column: None,
-                item: String::new(),
-                message: format!("cannot read the configuration: {e}"),
-            }],
-        }),
+    match std::fs::read(path) {
+        Ok(bytes) => from_bytes(&bytes, path),
+        Err(e) => Err(unreadable(path, &e)),
+    }
+}
+
+/// The file's bytes → [`Config`]: what `load` does once the file is read. Text that is not
+/// UTF-8 is refused with the message `std::fs::read_to_string` gave before this split.
+pub(super) fn from_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text, path),
+        Err(_) => Err(unreadable(
+            path,
+            &std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ),
+        )),
+    }
+}
+
+fn unreadable(path: &Path, e: &std::io::Error) -> ConfigError {
+    ConfigError {
+        diagnostics: vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            item: String::new(),
+            message: format!("cannot read the configuration: {e}"),
+        }],
     }
 }
 

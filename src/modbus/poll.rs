@@ -233,9 +233,15 @@ impl<L: Link> BusMeter<L> for MeterPoller {
     }
 
     fn max_duration(&self, _line: &L) -> Duration {
-        // Each request may time out; a fallback may add one request per channel.
-        let requests = (self.plan.requests.len() + self.meter.channels.len() + 1) as u32;
-        (self.meter.timeout + self.meter.delay + Duration::from_millis(50)) * requests
+        // Each request may time out; a fallback may add one request per channel. Configured
+        // durations have no upper bound ("213503982334d" is valid), so this saturates.
+        let requests = self.plan.requests.len() + self.meter.channels.len() + 1;
+        let requests = u32::try_from(requests).unwrap_or(u32::MAX);
+        self.meter
+            .timeout
+            .saturating_add(self.meter.delay)
+            .saturating_add(Duration::from_millis(50))
+            .saturating_mul(requests)
     }
 
     async fn poll(&mut self, line: &mut L, bus: &str) -> Result<Vec<Sample>, LinkError> {
@@ -266,5 +272,259 @@ impl<L: Link> BusMeter<L> for MeterPoller {
                 sentinel: v.sentinel,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{ModbusChannel, Output};
+    use crate::modbus::{DataType, WordOrder};
+    use crate::reading::{Kind, Series};
+    use crate::units::Transform;
+
+    /// How the scripted meter answers one request.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        /// The register words asked for, `delta` more or fewer (a foreign or stale answer).
+        Words(i32),
+        Exception(u8),
+        Timeout,
+    }
+
+    /// A meter whose register `a` of table `t` always holds `word(t, a)`, answering requests
+    /// as its script says (exactly, once the script is used up).
+    struct Scripted {
+        script: Vec<Answer>,
+        asked: usize,
+    }
+
+    fn word(table: Table, address: u32) -> u16 {
+        let t = u32::from(table == Table::Input);
+        (address.wrapping_mul(40_503) ^ (t * 0x5A5A) ^ (address >> 3)) as u16
+    }
+
+    impl Line for Scripted {
+        async fn reconnect(&mut self) -> Result<(), LinkError> {
+            Ok(())
+        }
+    }
+
+    impl Link for Scripted {
+        async fn read(
+            &mut self,
+            _unit: u8,
+            table: Table,
+            start: u16,
+            count: u16,
+            _gap: Duration,
+            _timeout: Duration,
+        ) -> Result<Vec<u16>, LinkError> {
+            let answer = self
+                .script
+                .get(self.asked)
+                .copied()
+                .unwrap_or(Answer::Words(0));
+            self.asked += 1;
+            match answer {
+                Answer::Words(delta) => {
+                    let n = (i32::from(count) + delta).max(0) as u32;
+                    Ok((0..n).map(|i| word(table, u32::from(start) + i)).collect())
+                }
+                Answer::Exception(c) => Err(LinkError::Exception(ExceptionCode::new(c))),
+                Answer::Timeout => Err(LinkError::Timeout),
+            }
+        }
+    }
+
+    /// Runs a poll to completion: the scripted link never waits, so one poll of the future must
+    /// finish it.
+    fn finish<F: Future>(f: F) -> F::Output {
+        let mut f = pin!(f);
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("a poll over the scripted link waited"),
+        }
+    }
+
+    const TYPES: [DataType; 8] = [
+        DataType::U16,
+        DataType::I16,
+        DataType::U32,
+        DataType::I32,
+        DataType::U64,
+        DataType::I64,
+        DataType::F32,
+        DataType::F64,
+    ];
+
+    fn meter(specs: &[RegisterSpec], max_registers: u16, max_gap: u16) -> ModbusMeter {
+        ModbusMeter {
+            name: "m".into(),
+            unit_id: 1,
+            interval: Duration::from_secs(60),
+            profile: None,
+            timeout: Duration::from_secs(1),
+            delay: Duration::ZERO,
+            max_registers,
+            max_gap,
+            channels: specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ModbusChannel {
+                    output: Output {
+                        series: Series::new(Kind::DataPoint, format!("C{i}"), None),
+                        unit: None,
+                    },
+                    register: *s,
+                    quantity: None,
+                    source_unit: None,
+                    transform: Transform::identity(s.data_type.significant_digits()),
+                })
+                .collect(),
+        }
+    }
+
+    fn arb_spec() -> impl Strategy<Value = RegisterSpec> {
+        (
+            any::<bool>(),
+            prop_oneof![0u16..48, any::<u16>(), 0xFFF0u16..=0xFFFF],
+            prop::sample::select(TYPES.to_vec()),
+            prop::sample::select(WordOrder::ALL.to_vec()),
+        )
+            .prop_map(|(input, address, data_type, order)| RegisterSpec {
+                table: if input { Table::Input } else { Table::Holding },
+                address,
+                data_type,
+                order,
+            })
+    }
+
+    fn arb_answer() -> impl Strategy<Value = Answer> {
+        prop_oneof![
+            6 => Just(Answer::Words(0)),
+            2 => (-3i32..=3).prop_map(Answer::Words),
+            2 => Just(Answer::Exception(2)),
+            1 => prop::sample::select(vec![1u8, 3, 4, 6, 0x0B, 0x7F]).prop_map(Answer::Exception),
+            1 => Just(Answer::Timeout),
+        ]
+    }
+
+    #[test]
+    fn merged_answer_is_sliced_per_channel() {
+        let specs = [
+            RegisterSpec {
+                table: Table::Input,
+                address: 0,
+                data_type: DataType::F32,
+                order: WordOrder::Abcd,
+            },
+            RegisterSpec {
+                table: Table::Input,
+                address: 6,
+                data_type: DataType::U16,
+                order: WordOrder::Abcd,
+            },
+        ];
+        let mut p = MeterPoller::new(meter(&specs, 125, 8));
+        assert_eq!(p.plan().requests.len(), 1);
+        let mut link = Scripted {
+            script: vec![],
+            asked: 0,
+        };
+        let r = finish(p.poll(&mut link)).unwrap();
+        assert_eq!(r.requests, 1);
+        assert_eq!(r.values[1].words, [word(Table::Input, 6)]);
+        // One register short: the second value's word is missing.
+        let mut link = Scripted {
+            script: vec![Answer::Words(-1)],
+            asked: 0,
+        };
+        assert_eq!(
+            finish(p.poll(&mut link)),
+            Err(LinkError::WrongCount {
+                expected: 7,
+                got: 6
+            })
+        );
+    }
+
+    #[test]
+    fn longest_poll_of_an_absurd_config_saturates() {
+        // The longest durations a config accepts, on a meter with 300 channels: the product
+        // used to overflow (a panic in the bus task) beyond about 500 requests.
+        let specs: Vec<RegisterSpec> = (0..300)
+            .map(|i| RegisterSpec {
+                table: Table::Holding,
+                address: i * 10,
+                data_type: DataType::U16,
+                order: WordOrder::Abcd,
+            })
+            .collect();
+        let mut m = meter(&specs, 1, 0);
+        m.timeout = Duration::from_millis(u64::MAX);
+        m.delay = Duration::from_millis(u64::MAX);
+        let p = MeterPoller::new(m);
+        let link = Scripted {
+            script: vec![],
+            asked: 0,
+        };
+        assert_eq!(BusMeter::max_duration(&p, &link), Duration::MAX);
+        // An ordinary meter, one merged request: (timeout + delay + 50 ms) × (1 + 2 channels + 1).
+        let mut m = meter(&specs[..2], 125, 16);
+        m.delay = Duration::from_millis(20);
+        let p = MeterPoller::new(m);
+        assert_eq!(
+            BusMeter::max_duration(&p, &link),
+            Duration::from_millis(1070) * 4
+        );
+    }
+
+    proptest! {
+        /// Any channel set, any answers (short, long, exceptions, timeouts) over three polls of
+        /// one meter: no panic, and every value comes from exactly the registers its channel
+        /// names, decoded as its type and order.
+        #[test]
+        fn polls_slice_and_decode_any_answers(
+            specs in prop::collection::vec(arb_spec(), 0..14),
+            max_registers in prop_oneof![0u16..=8, 0u16..=130],
+            max_gap in prop_oneof![0u16..=10, any::<u16>()],
+            script in prop::collection::vec(arb_answer(), 0..24),
+        ) {
+            let mut poller = MeterPoller::new(meter(&specs, max_registers, max_gap));
+            let exact = script.iter().all(|a| matches!(a, Answer::Words(0)));
+            let mut link = Scripted { script, asked: 0 };
+            let mut retired = Vec::new();
+            for _ in 0..3 {
+                let before = link.asked;
+                let result = finish(poller.poll(&mut link));
+                if exact {
+                    prop_assert!(result.is_ok(), "{result:?}");
+                }
+                let Ok(r) = result else { continue };
+                prop_assert_eq!(r.requests as usize, link.asked - before);
+                retired.extend(r.retired.iter().copied());
+                prop_assert!(r.values.windows(2).all(|w| w[0].channel < w[1].channel));
+                for v in &r.values {
+                    prop_assert!(!retired.contains(&v.channel));
+                    let s = specs[v.channel];
+                    let want: Vec<u16> = (0..u32::from(s.data_type.words()))
+                        .map(|k| word(s.table, u32::from(s.address) + k))
+                        .collect();
+                    prop_assert_eq!(&v.words, &want, "channel {}", v.channel);
+                    let d = decode(&want, s.data_type, s.order).unwrap();
+                    prop_assert!(v.raw.to_bits() == d.value.to_bits());
+                    prop_assert_eq!(&v.sentinel, &d.sentinel);
+                }
+                if exact {
+                    prop_assert_eq!(r.values.len() + retired.len(), specs.len());
+                }
+            }
+        }
     }
 }

@@ -203,7 +203,10 @@ impl AsyncWrite for Wire {
 
 /// Counts garbage and bad-CRC frames among the bytes of one transaction. `answer_len` is the
 /// length of the frame tokio-modbus accepted (None when it accepted none).
-fn count_line_errors(
+///
+/// Pure, and public only so the `modbus` fuzz target can feed it arbitrary bytes: it scans
+/// bytes a device sent and must never panic or overflow on them.
+pub fn count_line_errors(
     rx: &[u8],
     unit: u8,
     function: u8,
@@ -404,6 +407,7 @@ impl Line for RtuLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn frame(body: &[u8]) -> Vec<u8> {
         let mut f = body.to_vec();
@@ -474,6 +478,35 @@ mod tests {
         ex[4] ^= 1;
         count_line_errors(&ex, 1, 4, None, &mut e);
         assert_eq!(e.crc_errors, 2);
+    }
+
+    proptest! {
+        /// Any bytes a line delivers, with or without an accepted answer: nothing panics or
+        /// overflows, a transaction counts at most one bad frame and at most its own bytes.
+        #[test]
+        fn line_error_counting_never_panics(
+            rx in prop::collection::vec(any::<u8>(), 0..300),
+            unit in 0u8..4,
+            function in prop::sample::select(vec![3u8, 4]),
+            answer_len in prop::option::of(0usize..400),
+            crc_frame_at in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            // Sometimes splice in a frame of the addressed unit with a broken CRC.
+            let mut rx = rx;
+            if let Some(at) = crc_frame_at {
+                let mut f = frame(&[unit, function, 2, 0x12, 0x34]);
+                f[5] ^= 0x01;
+                let p = at.index(rx.len() + 1);
+                rx.splice(p..p, f);
+            }
+            let mut e = LineErrors::default();
+            count_line_errors(&rx, unit, function, answer_len, &mut e);
+            prop_assert!(e.crc_errors <= 1);
+            prop_assert!(e.garbage_bytes <= rx.len() as u64);
+            if answer_len.is_none() && crc_frame_at.is_some() {
+                prop_assert_eq!(e.crc_errors, 1);
+            }
+        }
     }
 
     #[test]
