@@ -241,6 +241,10 @@ enum Cmd {
     MaxPageCount(u32),
 }
 
+/// The answer to a [`Queue::submit`]: how the commit went, once it is durable (the channel
+/// closes without an answer only if the writer stopped).
+pub type PendingCommit = oneshot::Receiver<Result<CommitReport, QueueError>>;
+
 /// A handle to the queue; cheap to clone, usable from any task.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -302,10 +306,21 @@ impl Queue {
     /// sync). Readings that fail the plausibility rule become dead letters in the same
     /// transaction. While the disk is full the readings wait in memory and `held` says so.
     pub async fn commit(&self, readings: Vec<Reading>) -> Result<CommitReport, QueueError> {
+        let answer = self.submit(readings)?;
+        answer.await.map_err(|_| self.closed_error())?
+    }
+
+    /// [`Queue::commit`] in two steps: the readings are handed to the writer now (so readings
+    /// submitted one after another are committed in that order), and the answer comes on the
+    /// returned channel once they are durable. A bus polls its next meter meanwhile.
+    pub fn submit(&self, readings: Vec<Reading>) -> Result<PendingCommit, QueueError> {
+        let (reply, rx) = oneshot::channel();
         if readings.is_empty() {
-            return Ok(CommitReport::default());
+            let _ = reply.send(Ok(CommitReport::default()));
+        } else {
+            self.send(Cmd::Commit { readings, reply })?;
         }
-        self.ask(|reply| Cmd::Commit { readings, reply }).await
+        Ok(rx)
     }
 
     /// The API acknowledged a reading (2xx, or 409 when `duplicate`). Removed with the next
