@@ -6,7 +6,9 @@
 //! its own request. Figures go into BENCHMARKS.md; nothing is asserted.
 //!
 //! `cargo bench --bench load` (defaults: 20 meters, 5 s warm-up, 60 s measured per phase);
-//! knobs LOAD_METERS, LOAD_SECONDS, LOAD_WARMUP, LOAD_ONLY=daemon|python, BASELINE_PY.
+//! knobs LOAD_METERS, LOAD_SECONDS, LOAD_WARMUP, LOAD_ONLY=daemon|python, BASELINE_PY, and
+//! LOAD_LAYOUT=bus-per-meter (the daemon gets one `[[modbus_tcp]]` entry per meter, all on the
+//! same endpoint, instead of one bus of N meters as the Python poller's single connection).
 //! Queue commits of the daemon are counted from its `committed` debug line (one per
 //! transaction with new readings, each ending in an fsync: `synchronous=FULL`).
 
@@ -49,15 +51,43 @@ impl Figures {
     }
 }
 
-async fn daemon_phase(sim: &SimModbus, meters: u8, warmup: u64, seconds: u64) -> Figures {
+async fn daemon_phase(
+    sim: &SimModbus,
+    meters: u8,
+    warmup: u64,
+    seconds: u64,
+    per_meter: bool,
+) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("stand-in");
+    // Bus per meter: one endpoint per meter (unit id i on the i-th), else the shared `sim`.
+    let mut own = Vec::new();
+    if per_meter {
+        for unit in 1..=meters {
+            own.push(
+                SimModbus::start(vec![SimMeter::sdm630(unit)])
+                    .await
+                    .expect("sim"),
+            );
+        }
+    }
+    let requests = || -> u64 {
+        if own.is_empty() {
+            sim.requests()
+        } else {
+            own.iter().map(|s| s.requests()).sum()
+        }
+    };
     let config = common::daemon_config(
         dir.path(),
         &api.base_url(),
         &dir.path().join("queue.db"),
         "",
-        &common::sdm630_bus(sim.addr(), meters, "1s"),
+        &if per_meter {
+            common::sdm630_bus_per_meter(&own.iter().map(SimModbus::addr).collect::<Vec<_>>(), "1s")
+        } else {
+            common::sdm630_bus(sim.addr(), meters, "1s")
+        },
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
         .args(["-c", config.to_str().expect("utf8"), "run"])
@@ -87,7 +117,7 @@ async fn daemon_phase(sim: &SimModbus, meters: u8, warmup: u64, seconds: u64) ->
     let (s0, d0, r0, c0) = (
         sample(pid),
         api.accepted_count(),
-        sim.requests(),
+        requests(),
         commits.load(Ordering::Relaxed),
     );
     let t0 = Instant::now();
@@ -95,7 +125,7 @@ async fn daemon_phase(sim: &SimModbus, meters: u8, warmup: u64, seconds: u64) ->
     let (s1, d1, r1, c1) = (
         sample(pid),
         api.accepted_count(),
-        sim.requests(),
+        requests(),
         commits.load(Ordering::Relaxed),
     );
     let elapsed = t0.elapsed().as_secs_f64();
@@ -106,7 +136,11 @@ async fn daemon_phase(sim: &SimModbus, meters: u8, warmup: u64, seconds: u64) ->
         eprintln!("daemon delivered nothing; its log:\n{}", other.join("\n"));
     }
     Figures {
-        name: "daemon",
+        name: if per_meter {
+            "daemon (one bus per meter)"
+        } else {
+            "daemon (one bus of all meters)"
+        },
         elapsed,
         start: s0,
         end: s1,
@@ -222,6 +256,7 @@ fn main() {
     let seconds = env_num("LOAD_SECONDS", 60);
     let warmup = env_num("LOAD_WARMUP", 5);
     let only = std::env::var("LOAD_ONLY").unwrap_or_default();
+    let per_meter = std::env::var("LOAD_LAYOUT").is_ok_and(|v| v == "bus-per-meter");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         // One endpoint, unit ids 1..N, as the Python poller expects; the daemon reads the same.
@@ -230,7 +265,7 @@ fn main() {
             .expect("sim");
         println!("machine: {}", common::machine());
         let daemon = if only != "python" {
-            Some(daemon_phase(&sim, meters, warmup, seconds).await)
+            Some(daemon_phase(&sim, meters, warmup, seconds, per_meter).await)
         } else {
             None
         };

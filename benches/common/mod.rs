@@ -123,6 +123,24 @@ pub fn sdm630_bus(addr: std::net::SocketAddr, meters: u8, interval: &str) -> Str
     text
 }
 
+/// The same meters as [`sdm630_bus`], one `[[modbus_tcp]]` bus per meter: `addrs[i]` serves
+/// unit id `i + 1` (the config allows one bus per endpoint, so each meter has its own endpoint).
+pub fn sdm630_bus_per_meter(addrs: &[std::net::SocketAddr], interval: &str) -> String {
+    let meters = addrs.len() as u8;
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let unit = i + 1;
+            sdm630_bus(*addr, meters, interval)
+                .split("  [[modbus_tcp.meter]]")
+                .nth(unit)
+                .map(|m| format!("\n[[modbus_tcp]]\nname = \"tcp{unit:02}\"\naddress = \"{addr}\"\n  [[modbus_tcp.meter]]{m}"))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
