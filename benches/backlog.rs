@@ -6,7 +6,7 @@
 //! after. Figures go into BENCHMARKS.md; nothing is asserted.
 //!
 //! `cargo bench --bench backlog`; knobs BACKLOG_SERIES (100), BACKLOG_PER_SERIES (1440),
-//! BACKLOG_METERS (20), BACKLOG_MAX_IN_FLIGHT (unset: the config default), BACKLOG_TIMEOUT
+//! BACKLOG_METERS (20), BACKLOG_LAYOUT=one-bus (default: one bus per meter), BACKLOG_MAX_IN_FLIGHT (unset: the config default), BACKLOG_TIMEOUT
 //! (600 s), BACKLOG_AFTER (10 s of polling measured after the drain).
 
 mod common;
@@ -27,6 +27,7 @@ fn main() {
     let timeout = env_num("BACKLOG_TIMEOUT", 600);
     let after = env_num("BACKLOG_AFTER", 10);
     let mif = std::env::var("BACKLOG_MAX_IN_FLIGHT").ok();
+    let one_bus = std::env::var("BACKLOG_LAYOUT").is_ok_and(|v| v == "one-bus");
     let total = series * per_series;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
@@ -40,9 +41,18 @@ fn main() {
             size as f64 / 1048576.0
         );
         let api = StandIn::start(CUSTOMER, TOKEN).await.expect("stand-in");
-        let sim = SimModbus::start((1..=meters).map(SimMeter::sdm630).collect())
-            .await
-            .expect("sim");
+        // Default: one endpoint (and bus) per meter; BACKLOG_LAYOUT=one-bus: one endpoint with
+        // unit ids 1..N as in `load` (one bus task polls all meters in turn).
+        let mut sims = Vec::new();
+        if one_bus {
+            sims.push(SimModbus::start((1..=meters).map(SimMeter::sdm630).collect()).await.expect("sim"));
+        } else {
+            for unit in 1..=meters {
+                sims.push(SimModbus::start(vec![SimMeter::sdm630(unit)]).await.expect("sim"));
+            }
+        }
+        let addrs: Vec<_> = sims.iter().map(|s| s.addr()).collect();
+        let requests = || -> u64 { sims.iter().map(|s| s.requests()).sum() };
         let extra = mif
             .as_deref()
             .map(|m| format!("max_in_flight = {m}\n"))
@@ -52,7 +62,11 @@ fn main() {
             &api.base_url(),
             &queue,
             &extra,
-            &common::sdm630_bus(sim.addr(), meters, "1s"),
+            &if one_bus {
+                common::sdm630_bus(addrs[0], meters, "1s")
+            } else {
+                common::sdm630_bus_per_meter(&addrs, "1s")
+            },
         );
         let spawned = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
@@ -93,6 +107,7 @@ fn main() {
             }
         }
         let at_drain = Instant::now();
+        let polled_during = requests();
         let during = api.accepted_count();
         let s_drain = common::sample(pid);
         // The exact moment: the arrival of the last prefilled reading that was answered 201.
@@ -125,7 +140,8 @@ fn main() {
         let _ = child.wait();
         let polled = meters as f64 * 10.0;
         println!(
-            "daemon `run` on {total} pending readings, polling {meters} meters × 10 values at 1 s ({polled:.0} new values/s), max_in_flight {}:",
+            "daemon `run` on {total} pending readings, polling {meters} meters × 10 values at 1 s ({polled:.0} new values/s, {}), max_in_flight {}:",
+            if one_bus { "one bus of all meters" } else { "one bus per meter" },
             mif.as_deref().unwrap_or("default (4)")
         );
         if drained {
@@ -153,7 +169,13 @@ fn main() {
         );
         println!("  disk write_bytes            {:.1} MiB up to drain end", s_drain.write_bytes as f64 / 1048576.0);
         println!("  accepted every 10 s (s, total): {progress:?}");
-        sim.stop().await;
+        println!(
+            "  Modbus requests during drain {polled_during} = {:.2} per meter and second (polling went on)",
+            polled_during as f64 / at_drain.duration_since(spawned).as_secs_f64() / meters as f64
+        );
+        for sim in sims {
+            sim.stop().await;
+        }
         api.stop().await;
     });
 }
