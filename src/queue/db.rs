@@ -700,6 +700,42 @@ impl Db {
         Ok(out)
     }
 
+    /// The series with readings above `after_id`, with the ids of the oldest and newest of
+    /// those, oldest first: a range scan of the rowid over the new rows only.
+    pub fn pending_since(&mut self, after_id: i64) -> rusqlite::Result<Vec<super::PendingSeries>> {
+        let rows: Vec<(i64, i64, i64, String, String, String)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT n.series_id, n.first_id, n.last_id, s.kind, s.import_id, s.suit
+                 FROM (SELECT series_id, min(id) AS first_id, max(id) AS last_id
+                       FROM readings WHERE id > ?1 GROUP BY series_id) AS n
+                 JOIN series AS s ON s.id = n.series_id",
+            )?;
+            let rows = stmt.query_map([after_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (sid, first_id, last_id, kind, import_id, suit) in rows {
+            let s = Series::new(kind_of(&kind), import_id, suit_opt(suit));
+            self.series_ids.insert(s.clone(), sid);
+            out.push(super::PendingSeries {
+                series: s,
+                first_id,
+                last_id,
+            });
+        }
+        out.sort_by_key(|p| p.first_id);
+        Ok(out)
+    }
+
     /// Drops up to `n` of the oldest queued readings of one kind; returns how many.
     pub fn drop_oldest(&self, kind: Kind, n: u64) -> rusqlite::Result<u64> {
         if n == 0 {

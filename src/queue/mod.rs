@@ -226,6 +226,10 @@ enum Cmd {
         limit: usize,
         reply: oneshot::Sender<Result<Vec<QueuedReading>, QueueError>>,
     },
+    PendingSince {
+        after: i64,
+        reply: oneshot::Sender<Result<Vec<PendingSeries>, QueueError>>,
+    },
     Pending {
         reply: oneshot::Sender<Result<Vec<PendingSeries>, QueueError>>,
     },
@@ -363,6 +367,13 @@ impl Queue {
     /// Every series with committed readings (ids of its oldest and newest), oldest first.
     pub async fn pending_series(&self) -> Result<Vec<PendingSeries>, QueueError> {
         self.ask(|reply| Cmd::Pending { reply }).await
+    }
+
+    /// The series with committed readings above `after` (ids of the oldest and newest of
+    /// those), oldest first: a range scan over the new rows only, so the sender can look at
+    /// every commit without scanning every series.
+    pub async fn pending_since(&self, after: i64) -> Result<Vec<PendingSeries>, QueueError> {
+        self.ask(|reply| Cmd::PendingSince { after, reply }).await
     }
 
     pub async fn stats(&self) -> Result<Stats, QueueError> {
@@ -794,6 +805,10 @@ impl Writer {
                 reply,
             } => {
                 let r = self.read(|db| db.fetch(&series, after, limit));
+                let _ = reply.send(r);
+            }
+            Cmd::PendingSince { after, reply } => {
+                let r = self.read(|db| db.pending_since(after));
                 let _ = reply.send(r);
             }
             Cmd::Pending { reply } => {

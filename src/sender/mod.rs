@@ -295,6 +295,8 @@ pub struct Sender {
     outage_since: Option<(Instant, u32)>,
     need_scan: bool,
     last_scan: Option<Instant>,
+    /// The newest reading id any scan has seen.
+    scanned_upto: i64,
     health: Option<std::sync::Arc<crate::notify::Health>>,
 }
 
@@ -318,6 +320,7 @@ impl Sender {
             outage_since: None,
             need_scan: true,
             last_scan: None,
+            scanned_upto: 0,
             health: None,
         })
     }
@@ -403,12 +406,13 @@ impl Sender {
             }
             let now = Instant::now();
             self.resume_if_due(now);
-            if self.need_scan
-                || self
-                    .last_scan
-                    .is_none_or(|t| now.duration_since(t) >= self.s.rescan)
+            if self
+                .last_scan
+                .is_none_or(|t| now.duration_since(t) >= self.s.rescan)
             {
                 self.scan().await?;
+            } else if self.need_scan {
+                self.scan_new().await?;
             }
             while inflight.len() < self.s.max_in_flight && !self.paused(Instant::now()) {
                 let Some(series) = self.pick(Instant::now()) else {
@@ -504,26 +508,46 @@ impl Sender {
         }
     }
 
+    /// Every series with queued readings (at start, every `rescan`, and so readings another
+    /// process added are seen).
     async fn scan(&mut self) -> Result<(), SenderError> {
         self.need_scan = false;
         self.last_scan = Some(Instant::now());
         let pending = self.queue.pending_series().await?;
-        let cap = self.s.max_backoff;
-        for p in pending {
-            let st = self
-                .series
-                .entry(p.series)
-                .or_insert_with(|| SeriesState::new(cap));
-            if p.last_id > st.cursor {
-                st.exhausted = false;
-                st.next_hint = st.next_hint.min(p.first_id.max(st.cursor + 1));
-            }
-        }
+        self.note_pending(&pending);
         // Forget idle series without backoff state, so the map follows the configuration.
         self.series.retain(|_, st| {
             st.busy || !st.buffer.is_empty() || st.not_before.is_some() || st.next_hint != i64::MAX
         });
         Ok(())
+    }
+
+    /// After a commit: only the series with readings above the newest id seen so far. Ids only
+    /// grow (AUTOINCREMENT), so this sees every reading the commit added; the full scan every
+    /// `rescan` stays the safety net.
+    async fn scan_new(&mut self) -> Result<(), SenderError> {
+        self.need_scan = false;
+        let pending = self.queue.pending_since(self.scanned_upto).await?;
+        self.note_pending(&pending);
+        Ok(())
+    }
+
+    fn note_pending(&mut self, pending: &[crate::queue::PendingSeries]) {
+        let cap = self.s.max_backoff;
+        for p in pending {
+            self.scanned_upto = self.scanned_upto.max(p.last_id);
+            let st = match self.series.get_mut(&p.series) {
+                Some(st) => st,
+                None => self
+                    .series
+                    .entry(p.series.clone())
+                    .or_insert_with(|| SeriesState::new(cap)),
+            };
+            if p.last_id > st.cursor {
+                st.exhausted = false;
+                st.next_hint = st.next_hint.min(p.first_id.max(st.cursor + 1));
+            }
+        }
     }
 
     /// The eligible series whose next reading is the oldest.
