@@ -226,6 +226,11 @@ enum Cmd {
         limit: usize,
         reply: oneshot::Sender<Result<Vec<QueuedReading>, QueueError>>,
     },
+    FetchMany {
+        wanted: Vec<(Series, i64)>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Vec<QueuedReading>>, QueueError>>,
+    },
     PendingSince {
         after: i64,
         reply: oneshot::Sender<Result<Vec<PendingSeries>, QueueError>>,
@@ -358,6 +363,21 @@ impl Queue {
         self.ask(|reply| Cmd::Fetch {
             series,
             after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Queue::fetch`] for several series in one round trip to the writer thread: for each
+    /// `(series, after)`, up to `limit` readings with an id above `after`, oldest first.
+    pub async fn fetch_many(
+        &self,
+        wanted: Vec<(Series, i64)>,
+        limit: usize,
+    ) -> Result<Vec<Vec<QueuedReading>>, QueueError> {
+        self.ask(|reply| Cmd::FetchMany {
+            wanted,
             limit,
             reply,
         })
@@ -805,6 +825,19 @@ impl Writer {
                 reply,
             } => {
                 let r = self.read(|db| db.fetch(&series, after, limit));
+                let _ = reply.send(r);
+            }
+            Cmd::FetchMany {
+                wanted,
+                limit,
+                reply,
+            } => {
+                let r = self.read(|db| {
+                    wanted
+                        .iter()
+                        .map(|(series, after)| db.fetch(series, *after, limit))
+                        .collect()
+                });
                 let _ = reply.send(r);
             }
             Cmd::PendingSince { after, reply } => {

@@ -239,6 +239,9 @@ struct SeriesState {
     busy: bool,
     /// A fetch found nothing since the last commit notification.
     exhausted: bool,
+    /// The last fetch returned fewer than it asked for: once the buffer is empty the series
+    /// is exhausted without asking again (a scan that sees newer readings clears this).
+    complete: bool,
     failing: bool,
 }
 
@@ -252,6 +255,7 @@ impl SeriesState {
             not_before: None,
             busy: false,
             exhausted: false,
+            complete: false,
             failing: false,
         }
     }
@@ -276,6 +280,9 @@ enum PauseKind {
 
 /// Reading fetched from the queue per series at a time.
 const FETCH: usize = 64;
+
+/// Series whose empty buffers one prefetch fills at most.
+const PREFETCH_SERIES: usize = 32;
 
 /// The sender task.
 #[derive(Debug)]
@@ -414,6 +421,9 @@ impl Sender {
             } else if self.need_scan {
                 self.scan_new().await?;
             }
+            if inflight.len() < self.s.max_in_flight && !self.paused(Instant::now()) {
+                self.prefetch(Instant::now()).await?;
+            }
             while inflight.len() < self.s.max_in_flight && !self.paused(Instant::now()) {
                 let Some(series) = self.pick(Instant::now()) else {
                     break;
@@ -545,6 +555,7 @@ impl Sender {
             };
             if p.last_id > st.cursor {
                 st.exhausted = false;
+                st.complete = false;
                 st.next_hint = st.next_hint.min(p.first_id.max(st.cursor + 1));
             }
         }
@@ -563,6 +574,53 @@ impl Sender {
             .map(|(s, _)| s.clone())
     }
 
+    /// Fills the empty buffers of the series due next (oldest first) in one round trip to
+    /// the queue instead of one fetch per series: after a commit, most series have exactly
+    /// one new reading. Same query and cursor rules as [`Sender::take`].
+    async fn prefetch(&mut self, now: Instant) -> Result<(), SenderError> {
+        let mut due: Vec<(i64, &Series, i64)> = self
+            .series
+            .iter()
+            .filter(|(_, st)| {
+                st.buffer.is_empty() && !st.exhausted && st.not_before.is_none_or(|t| t <= now)
+            })
+            .map(|(s, st)| (st.next_id(), s, st.cursor))
+            .collect();
+        if due.len() < 2 {
+            return Ok(());
+        }
+        due.sort_unstable_by_key(|(next, _, _)| *next);
+        due.truncate(PREFETCH_SERIES);
+        let wanted: Vec<(Series, i64)> = due
+            .into_iter()
+            .map(|(_, s, cursor)| (s.clone(), cursor))
+            .collect();
+        let fetched = self.queue.fetch_many(wanted.clone(), FETCH).await?;
+        for ((series, cursor), rows) in wanted.into_iter().zip(fetched) {
+            let Some(st) = self.series.get_mut(&series) else {
+                continue;
+            };
+            // Nothing else touched the series while the fetch was out (this task owns it),
+            // but stay safe: only a buffer still in the same place is filled.
+            if st.cursor != cursor || !st.buffer.is_empty() {
+                continue;
+            }
+            st.complete = rows.len() < FETCH;
+            match rows.last() {
+                Some(last) => {
+                    st.cursor = last.id;
+                    st.buffer.extend(rows);
+                    st.next_hint = st.buffer.front().map_or(st.cursor + 1, |n| n.id);
+                }
+                None => {
+                    st.exhausted = true;
+                    st.next_hint = i64::MAX;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the series' next reading (fetching from the queue when its buffer is empty) and
     /// marks the series busy.
     async fn take(&mut self, series: &Series) -> Result<Option<QueuedReading>, SenderError> {
@@ -578,6 +636,9 @@ impl Sender {
         let Some(st) = self.series.get_mut(series) else {
             return Ok(None);
         };
+        if empty {
+            st.complete = fetched.len() < FETCH;
+        }
         if let Some(last) = fetched.last() {
             st.cursor = last.id;
         }
@@ -585,7 +646,14 @@ impl Sender {
         match st.buffer.pop_front() {
             Some(r) => {
                 st.busy = true;
-                st.next_hint = st.buffer.front().map_or(st.cursor + 1, |n| n.id);
+                if st.buffer.is_empty() && st.complete {
+                    // Nothing newer was queued when the buffer was filled, and no scan has
+                    // seen anything since: no need to ask the queue again.
+                    st.exhausted = true;
+                    st.next_hint = i64::MAX;
+                } else {
+                    st.next_hint = st.buffer.front().map_or(st.cursor + 1, |n| n.id);
+                }
                 Ok(Some(r))
             }
             None => {
