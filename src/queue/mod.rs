@@ -488,6 +488,9 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
     // file is small enough that it costs well under a second even on an SD card.
     let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= opts.quick_check_max);
     let check = unclean || inspected.is_some() || (existed && small);
+    if check && existed && !empty {
+        warm_up(path);
+    }
     let opened = if empty {
         Ok(Opened::Corrupt(
             "the queue file is empty (zero length): any readings it held are lost".into(),
@@ -605,6 +608,25 @@ fn replay_acks(db: &mut Db, path: &Path) -> rusqlite::Result<u64> {
 }
 
 /// Reads the clean-shutdown flag without changing anything; a file we cannot read is unclean.
+/// Reads the queue file and its log front to back before `quick_check`, so the check finds
+/// them in the page cache. quick_check visits pages in b-tree order, which on a cold cache is
+/// one small random read per page: 1.5 s for an 89 MB file on this project's VM (far more on
+/// an SD card) against 0.15 s for one sequential pass (BENCHMARKS.md, issue 8). Best effort:
+/// a read error here is left for SQLite to find.
+fn warm_up(path: &Path) {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; 256 << 10];
+    for p in [path.to_path_buf(), salvage::with_suffix(path, "-wal")] {
+        if let Ok(mut f) = std::fs::File::open(&p) {
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn previous_run_unclean(path: &Path) -> bool {
     match Db::open(path, Mode::ReadOnly, false) {
         Ok(Opened::Ok(db)) => db.get_state("clean_shutdown").ok().flatten().as_deref() != Some("1"),
