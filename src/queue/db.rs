@@ -368,12 +368,10 @@ impl Db {
     }
 
     pub fn last_value(&self, series_id: i64) -> rusqlite::Result<Option<f64>> {
+        // Cached statements: the commit path runs these once per reading.
         self.conn
-            .query_row(
-                "SELECT last_value FROM series WHERE id = ?1",
-                [series_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT last_value FROM series WHERE id = ?1")?
+            .query_row([series_id], |r| r.get(0))
             .optional()
             .map(Option::flatten)
     }
@@ -384,10 +382,9 @@ impl Db {
         value: f64,
         reading_id: i64,
     ) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "UPDATE series SET last_value = ?2, last_id = ?3 WHERE id = ?1",
-            params![series_id, value, reading_id],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE series SET last_value = ?2, last_id = ?3 WHERE id = ?1")?
+            .execute(params![series_id, value, reading_id])?;
         Ok(())
     }
 
