@@ -246,6 +246,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
         })
 }
 
+/// The daemon's runtime: one thread. Its work is IO-bound (a few hundred small requests a
+/// second at most); a second worker only added cross-thread wake-ups (futex, work stealing)
+/// and a thread's stack and malloc arena (BENCHMARKS.md, issue 8). SQLite work stays on the
+/// queue's own writer thread.
+fn daemon_runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            Exit::Failure
+        })
+}
+
 /// `run`: the daemon until SIGTERM/SIGINT.
 fn run_daemon(config_path: &std::path::Path) -> Exit {
     let config = match commands::load_config(config_path) {
@@ -256,7 +270,7 @@ fn run_daemon(config_path: &std::path::Path) -> Exit {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let rt = match runtime() {
+    let rt = match daemon_runtime() {
         Ok(rt) => rt,
         Err(e) => return e,
     };

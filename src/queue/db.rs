@@ -368,12 +368,10 @@ impl Db {
     }
 
     pub fn last_value(&self, series_id: i64) -> rusqlite::Result<Option<f64>> {
+        // Cached statements: the commit path runs these once per reading.
         self.conn
-            .query_row(
-                "SELECT last_value FROM series WHERE id = ?1",
-                [series_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT last_value FROM series WHERE id = ?1")?
+            .query_row([series_id], |r| r.get(0))
             .optional()
             .map(Option::flatten)
     }
@@ -384,10 +382,9 @@ impl Db {
         value: f64,
         reading_id: i64,
     ) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "UPDATE series SET last_value = ?2, last_id = ?3 WHERE id = ?1",
-            params![series_id, value, reading_id],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE series SET last_value = ?2, last_id = ?3 WHERE id = ?1")?
+            .execute(params![series_id, value, reading_id])?;
         Ok(())
     }
 
@@ -695,6 +692,42 @@ impl Db {
                     last_id,
                 });
             }
+        }
+        out.sort_by_key(|p| p.first_id);
+        Ok(out)
+    }
+
+    /// The series with readings above `after_id`, with the ids of the oldest and newest of
+    /// those, oldest first: a range scan of the rowid over the new rows only.
+    pub fn pending_since(&mut self, after_id: i64) -> rusqlite::Result<Vec<super::PendingSeries>> {
+        let rows: Vec<(i64, i64, i64, String, String, String)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT n.series_id, n.first_id, n.last_id, s.kind, s.import_id, s.suit
+                 FROM (SELECT series_id, min(id) AS first_id, max(id) AS last_id
+                       FROM readings WHERE id > ?1 GROUP BY series_id) AS n
+                 JOIN series AS s ON s.id = n.series_id",
+            )?;
+            let rows = stmt.query_map([after_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (sid, first_id, last_id, kind, import_id, suit) in rows {
+            let s = Series::new(kind_of(&kind), import_id, suit_opt(suit));
+            self.series_ids.insert(s.clone(), sid);
+            out.push(super::PendingSeries {
+                series: s,
+                first_id,
+                last_id,
+            });
         }
         out.sort_by_key(|p| p.first_id);
         Ok(out)

@@ -226,6 +226,15 @@ enum Cmd {
         limit: usize,
         reply: oneshot::Sender<Result<Vec<QueuedReading>, QueueError>>,
     },
+    FetchMany {
+        wanted: Vec<(Series, i64)>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Vec<QueuedReading>>, QueueError>>,
+    },
+    PendingSince {
+        after: i64,
+        reply: oneshot::Sender<Result<Vec<PendingSeries>, QueueError>>,
+    },
     Pending {
         reply: oneshot::Sender<Result<Vec<PendingSeries>, QueueError>>,
     },
@@ -375,9 +384,31 @@ impl Queue {
         .await
     }
 
+    /// [`Queue::fetch`] for several series in one round trip to the writer thread: for each
+    /// `(series, after)`, up to `limit` readings with an id above `after`, oldest first.
+    pub async fn fetch_many(
+        &self,
+        wanted: Vec<(Series, i64)>,
+        limit: usize,
+    ) -> Result<Vec<Vec<QueuedReading>>, QueueError> {
+        self.ask(|reply| Cmd::FetchMany {
+            wanted,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     /// Every series with committed readings (ids of its oldest and newest), oldest first.
     pub async fn pending_series(&self) -> Result<Vec<PendingSeries>, QueueError> {
         self.ask(|reply| Cmd::Pending { reply }).await
+    }
+
+    /// The series with committed readings above `after` (ids of the oldest and newest of
+    /// those), oldest first: a range scan over the new rows only, so the sender can look at
+    /// every commit without scanning every series.
+    pub async fn pending_since(&self, after: i64) -> Result<Vec<PendingSeries>, QueueError> {
+        self.ask(|reply| Cmd::PendingSince { after, reply }).await
     }
 
     pub async fn stats(&self) -> Result<Stats, QueueError> {
@@ -472,6 +503,9 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
     // file is small enough that it costs well under a second even on an SD card.
     let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= opts.quick_check_max);
     let check = unclean || inspected.is_some() || (existed && small);
+    if check && existed && !empty {
+        warm_up(path);
+    }
     let opened = if empty {
         Ok(Opened::Corrupt(
             "the queue file is empty (zero length): any readings it held are lost".into(),
@@ -589,6 +623,25 @@ fn replay_acks(db: &mut Db, path: &Path) -> rusqlite::Result<u64> {
 }
 
 /// Reads the clean-shutdown flag without changing anything; a file we cannot read is unclean.
+/// Reads the queue file and its log front to back before `quick_check`, so the check finds
+/// them in the page cache. quick_check visits pages in b-tree order, which on a cold cache is
+/// one small random read per page: 1.5 s for an 89 MB file on this project's VM (far more on
+/// an SD card) against 0.15 s for one sequential pass (BENCHMARKS.md, issue 8). Best effort:
+/// a read error here is left for SQLite to find.
+fn warm_up(path: &Path) {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; 256 << 10];
+    for p in [path.to_path_buf(), salvage::with_suffix(path, "-wal")] {
+        if let Ok(mut f) = std::fs::File::open(&p) {
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn previous_run_unclean(path: &Path) -> bool {
     match Db::open(path, Mode::ReadOnly, false) {
         Ok(Opened::Ok(db)) => db.get_state("clean_shutdown").ok().flatten().as_deref() != Some("1"),
@@ -809,6 +862,23 @@ impl Writer {
                 reply,
             } => {
                 let r = self.read(|db| db.fetch(&series, after, limit));
+                let _ = reply.send(r);
+            }
+            Cmd::FetchMany {
+                wanted,
+                limit,
+                reply,
+            } => {
+                let r = self.read(|db| {
+                    wanted
+                        .iter()
+                        .map(|(series, after)| db.fetch(series, *after, limit))
+                        .collect()
+                });
+                let _ = reply.send(r);
+            }
+            Cmd::PendingSince { after, reply } => {
+                let r = self.read(|db| db.pending_since(after));
                 let _ = reply.send(r);
             }
             Cmd::Pending { reply } => {

@@ -239,6 +239,9 @@ struct SeriesState {
     busy: bool,
     /// A fetch found nothing since the last commit notification.
     exhausted: bool,
+    /// The last fetch returned fewer than it asked for: once the buffer is empty the series
+    /// is exhausted without asking again (a scan that sees newer readings clears this).
+    complete: bool,
     failing: bool,
 }
 
@@ -252,6 +255,7 @@ impl SeriesState {
             not_before: None,
             busy: false,
             exhausted: false,
+            complete: false,
             failing: false,
         }
     }
@@ -277,6 +281,9 @@ enum PauseKind {
 /// Reading fetched from the queue per series at a time.
 const FETCH: usize = 64;
 
+/// Series whose empty buffers one prefetch fills at most.
+const PREFETCH_SERIES: usize = 32;
+
 /// The sender task.
 #[derive(Debug)]
 pub struct Sender {
@@ -295,6 +302,8 @@ pub struct Sender {
     outage_since: Option<(Instant, u32)>,
     need_scan: bool,
     last_scan: Option<Instant>,
+    /// The newest reading id any scan has seen.
+    scanned_upto: i64,
     health: Option<std::sync::Arc<crate::notify::Health>>,
 }
 
@@ -318,6 +327,7 @@ impl Sender {
             outage_since: None,
             need_scan: true,
             last_scan: None,
+            scanned_upto: 0,
             health: None,
         })
     }
@@ -403,12 +413,16 @@ impl Sender {
             }
             let now = Instant::now();
             self.resume_if_due(now);
-            if self.need_scan
-                || self
-                    .last_scan
-                    .is_none_or(|t| now.duration_since(t) >= self.s.rescan)
+            if self
+                .last_scan
+                .is_none_or(|t| now.duration_since(t) >= self.s.rescan)
             {
                 self.scan().await?;
+            } else if self.need_scan {
+                self.scan_new().await?;
+            }
+            if inflight.len() < self.s.max_in_flight && !self.paused(Instant::now()) {
+                self.prefetch(Instant::now()).await?;
             }
             while inflight.len() < self.s.max_in_flight && !self.paused(Instant::now()) {
                 let Some(series) = self.pick(Instant::now()) else {
@@ -504,26 +518,47 @@ impl Sender {
         }
     }
 
+    /// Every series with queued readings (at start, every `rescan`, and so readings another
+    /// process added are seen).
     async fn scan(&mut self) -> Result<(), SenderError> {
         self.need_scan = false;
         self.last_scan = Some(Instant::now());
         let pending = self.queue.pending_series().await?;
-        let cap = self.s.max_backoff;
-        for p in pending {
-            let st = self
-                .series
-                .entry(p.series)
-                .or_insert_with(|| SeriesState::new(cap));
-            if p.last_id > st.cursor {
-                st.exhausted = false;
-                st.next_hint = st.next_hint.min(p.first_id.max(st.cursor + 1));
-            }
-        }
+        self.note_pending(&pending);
         // Forget idle series without backoff state, so the map follows the configuration.
         self.series.retain(|_, st| {
             st.busy || !st.buffer.is_empty() || st.not_before.is_some() || st.next_hint != i64::MAX
         });
         Ok(())
+    }
+
+    /// After a commit: only the series with readings above the newest id seen so far. Ids only
+    /// grow (AUTOINCREMENT), so this sees every reading the commit added; the full scan every
+    /// `rescan` stays the safety net.
+    async fn scan_new(&mut self) -> Result<(), SenderError> {
+        self.need_scan = false;
+        let pending = self.queue.pending_since(self.scanned_upto).await?;
+        self.note_pending(&pending);
+        Ok(())
+    }
+
+    fn note_pending(&mut self, pending: &[crate::queue::PendingSeries]) {
+        let cap = self.s.max_backoff;
+        for p in pending {
+            self.scanned_upto = self.scanned_upto.max(p.last_id);
+            let st = match self.series.get_mut(&p.series) {
+                Some(st) => st,
+                None => self
+                    .series
+                    .entry(p.series.clone())
+                    .or_insert_with(|| SeriesState::new(cap)),
+            };
+            if p.last_id > st.cursor {
+                st.exhausted = false;
+                st.complete = false;
+                st.next_hint = st.next_hint.min(p.first_id.max(st.cursor + 1));
+            }
+        }
     }
 
     /// The eligible series whose next reading is the oldest.
@@ -537,6 +572,53 @@ impl Sender {
             })
             .min_by_key(|(_, st)| st.next_id())
             .map(|(s, _)| s.clone())
+    }
+
+    /// Fills the empty buffers of the series due next (oldest first) in one round trip to
+    /// the queue instead of one fetch per series: after a commit, most series have exactly
+    /// one new reading. Same query and cursor rules as [`Sender::take`].
+    async fn prefetch(&mut self, now: Instant) -> Result<(), SenderError> {
+        let mut due: Vec<(i64, &Series, i64)> = self
+            .series
+            .iter()
+            .filter(|(_, st)| {
+                st.buffer.is_empty() && !st.exhausted && st.not_before.is_none_or(|t| t <= now)
+            })
+            .map(|(s, st)| (st.next_id(), s, st.cursor))
+            .collect();
+        if due.len() < 2 {
+            return Ok(());
+        }
+        due.sort_unstable_by_key(|(next, _, _)| *next);
+        due.truncate(PREFETCH_SERIES);
+        let wanted: Vec<(Series, i64)> = due
+            .into_iter()
+            .map(|(_, s, cursor)| (s.clone(), cursor))
+            .collect();
+        let fetched = self.queue.fetch_many(wanted.clone(), FETCH).await?;
+        for ((series, cursor), rows) in wanted.into_iter().zip(fetched) {
+            let Some(st) = self.series.get_mut(&series) else {
+                continue;
+            };
+            // Nothing else touched the series while the fetch was out (this task owns it),
+            // but stay safe: only a buffer still in the same place is filled.
+            if st.cursor != cursor || !st.buffer.is_empty() {
+                continue;
+            }
+            st.complete = rows.len() < FETCH;
+            match rows.last() {
+                Some(last) => {
+                    st.cursor = last.id;
+                    st.buffer.extend(rows);
+                    st.next_hint = st.buffer.front().map_or(st.cursor + 1, |n| n.id);
+                }
+                None => {
+                    st.exhausted = true;
+                    st.next_hint = i64::MAX;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes the series' next reading (fetching from the queue when its buffer is empty) and
@@ -554,6 +636,9 @@ impl Sender {
         let Some(st) = self.series.get_mut(series) else {
             return Ok(None);
         };
+        if empty {
+            st.complete = fetched.len() < FETCH;
+        }
         if let Some(last) = fetched.last() {
             st.cursor = last.id;
         }
@@ -561,7 +646,14 @@ impl Sender {
         match st.buffer.pop_front() {
             Some(r) => {
                 st.busy = true;
-                st.next_hint = st.buffer.front().map_or(st.cursor + 1, |n| n.id);
+                if st.buffer.is_empty() && st.complete {
+                    // Nothing newer was queued when the buffer was filled, and no scan has
+                    // seen anything since: no need to ask the queue again.
+                    st.exhausted = true;
+                    st.next_hint = i64::MAX;
+                } else {
+                    st.next_hint = st.buffer.front().map_or(st.cursor + 1, |n| n.id);
+                }
                 Ok(Some(r))
             }
             None => {
