@@ -61,9 +61,20 @@ async fn r15_wall_clock_steps_neither_stall_nor_burst_nor_reorder() {
     let forward_at = Instant::now();
     set_offset(&offset, "+1d");
     tokio::time::sleep(step).await;
-    // The API returns and asks for a pause with a date on its own (true) clock, a day behind
-    // the gateway's: the wait must be the 3 s the API meant, not zero.
-    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+    // The API returns and asks for a pause until a date on its own (true) clock, a day behind
+    // the gateway's: the next request must wait for that date, not come at once. The 429
+    // answers the first request after the outage (within the 2 s backoff cap), so the date is
+    // 6 s ahead to leave a wait the daemon could get wrong.
+    let until = SystemTime::now() + Duration::from_secs(6);
+    let date = httpdate::fmt_http_date(until);
+    // The date has whole seconds: the earliest allowed request is at the second it names.
+    let date_floor = Instant::now() + until.duration_since(SystemTime::now()).unwrap_or_default()
+        - Duration::from_nanos(u64::from(
+            until
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        ));
     api.script([Answer::StatusRetryAfter(429, date)]);
     api.set_mode(Mode::Normal).await.expect("up");
     let up_at = Instant::now();
@@ -100,7 +111,9 @@ async fn r15_wall_clock_steps_neither_stall_nor_burst_nor_reorder() {
         "the step back was not logged:\n{log}"
     );
 
-    // The 429's date was honoured on the API's clock: 2–4 s (its whole-second resolution).
+    // The 429's date was honoured on the API's clock: no request before it (50 ms for
+    // converting the wall-clock date to the monotonic clock of the attempts), and none much
+    // later (no stall).
     let attempts = api.attempts();
     let i429 = attempts
         .iter()
@@ -111,9 +124,19 @@ async fn r15_wall_clock_steps_neither_stall_nor_burst_nor_reorder() {
         .find(|a| a.at.duration_since(attempts[i429].at) >= Duration::from_millis(100))
         .expect("a request after the 429");
     let waited = next.at.duration_since(attempts[i429].at);
+    let meant = date_floor.saturating_duration_since(attempts[i429].at);
     assert!(
-        waited >= Duration::from_secs(2) && waited <= Duration::from_secs(5),
-        "waited {waited:?} after a Retry-After date 3 s ahead on the API's clock"
+        meant >= Duration::from_secs(1),
+        "the 429 was answered too late to judge the wait ({meant:?} before its date)"
+    );
+    assert!(
+        next.at + Duration::from_millis(50) >= date_floor,
+        "a request came {:?} before the Retry-After date (waited {waited:?} of {meant:?})",
+        date_floor.duration_since(next.at)
+    );
+    assert!(
+        waited <= meant + Duration::from_secs(3),
+        "waited {waited:?} for a Retry-After date {meant:?} ahead on the API's clock"
     );
 
     // Order: in every energy series the values grow in delivery order (the read order).
@@ -166,11 +189,12 @@ async fn r15_wall_clock_steps_neither_stall_nor_burst_nor_reorder() {
     println!(
         "R15: clock -1 h, {:.0} s later +1 d, both during an API outage: worst poll gap {:.2} s (interval 1 s), {early} early polls, \
          {behind} values stamped on the hour-behind clock and {ahead} on the day-ahead clock, all {} read values delivered in read order, \
-         delivery resumed {:.2} s after the API returned, a Retry-After date 3 s ahead on the API's clock waited {:.2} s",
+         delivery resumed {:.2} s after the API returned, a Retry-After date {:.2} s ahead on the API's clock waited {:.2} s",
         forward_at.duration_since(back_at).as_secs_f64(),
         worst_gap.as_secs_f64(),
         want.len(),
         resumed_after.as_secs_f64(),
+        meant.as_secs_f64(),
         waited.as_secs_f64()
     );
 }
