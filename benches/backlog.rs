@@ -69,7 +69,7 @@ fn main() {
             },
         );
         let spawned = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
+        let mut child = Command::new(common::daemon_bin())
             .args(["-c", config.to_str().expect("utf8"), "run"])
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")

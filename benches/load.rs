@@ -89,7 +89,7 @@ async fn daemon_phase(
             common::sdm630_bus(sim.addr(), meters, "1s")
         },
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
+    let mut child = Command::new(common::daemon_bin())
         .args(["-c", config.to_str().expect("utf8"), "run"])
         .env_remove("JOURNAL_STREAM")
         .env_remove("NOTIFY_SOCKET")
@@ -264,6 +264,7 @@ fn main() {
             .await
             .expect("sim");
         println!("machine: {}", common::machine());
+        println!("daemon binary: {}", common::daemon_bin().display());
         let daemon = if only != "python" {
             Some(daemon_phase(&sim, meters, warmup, seconds, per_meter).await)
         } else {

@@ -30,7 +30,7 @@ fn start_once(dir: &Path, config: &Path, sig: &str) -> (f64, String) {
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
+    let mut child = Command::new(common::daemon_bin())
         .args(["-c", config.to_str().expect("utf8"), "run"])
         .env_remove("JOURNAL_STREAM")
         .env_remove("WATCHDOG_USEC")

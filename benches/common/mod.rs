@@ -265,3 +265,13 @@ pub fn machine() -> String {
             .join(" ")
     )
 }
+
+/// The daemon binary the harnesses run: `BENCH_BIN` (e.g. the shipped build,
+/// `target/release-small/enectiva-collector` from `cargo build --profile release-small`) or
+/// the bench profile's own build.
+pub fn daemon_bin() -> std::path::PathBuf {
+    std::env::var_os("BENCH_BIN").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_enectiva-collector")),
+        std::path::PathBuf::from,
+    )
+}
