@@ -11,66 +11,13 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::{CUSTOMER, TOKEN, env_num};
-use enectiva_collector::config::IdField;
-use enectiva_collector::queue::{Queue, QueueOptions};
-use enectiva_collector::sender::{Sender, SenderSettings};
 use enectiva_collector::sim::api::StandIn;
-use enectiva_collector::token::TokenSource;
-use tokio_util::sync::CancellationToken;
 
 const MEDIA: &str = "application/vnd.api+json";
 const UA: &str = "enectiva-collector/0-bench-loop";
-
-/// (readings/s, connections) for the crate's sender draining `series × per_series` readings.
-async fn daemon_rate(
-    api: &StandIn,
-    series: usize,
-    per_series: usize,
-    max_in_flight: usize,
-) -> (f64, u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
-    let path = dir.path().join("queue.db");
-    common::prefill(&path, &format!("D{max_in_flight}"), series, per_series).await;
-    let (q, _) = Queue::open(QueueOptions::new(&path)).expect("queue");
-    let total = series * per_series;
-    let s = SenderSettings {
-        base_url: api.base_url(),
-        customer_id: CUSTOMER.into(),
-        sender: "bench".into(),
-        id_field: IdField::ImportId,
-        timeout: Duration::from_secs(10),
-        max_in_flight,
-        max_backoff: Duration::from_secs(5),
-        ca_file: None,
-        token: Some(TokenSource::File(dir.path().join("token"))),
-        auth_retry: Duration::from_secs(1),
-        error_log_every: Duration::from_secs(600),
-        rescan: Duration::from_secs(1),
-    };
-    let (before, conns_before) = (api.accepted_count(), api.connections());
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(
-        Sender::new(s, q.clone())
-            .expect("sender")
-            .run(shutdown.clone()),
-    );
-    let done = api
-        .wait_accepted(before + total, Duration::from_secs(600))
-        .await;
-    let rate = total as f64 / started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    let _ = task.await;
-    q.close().await.expect("close");
-    if !done {
-        eprintln!("max_in_flight {max_in_flight}: not all delivered within 600 s");
-    }
-    (rate, api.connections() - conns_before)
-}
 
 /// One `curl` process per reading from a bash loop; readings/s over the loop's wall time.
 fn curl_rate(api: &StandIn, n: u64) -> f64 {
@@ -146,7 +93,7 @@ fn main() {
         println!("(a) the daemon's sender, {series} series × {per_series} readings prefilled, keep-alive:");
         let mut best = 0.0f64;
         for mif in [1, 4, 8] {
-            let (r, conns) = daemon_rate(&api, series, per_series, mif).await;
+            let (r, conns) = common::sender_rate(&api, series, per_series, mif).await;
             best = best.max(r);
             println!("  max_in_flight {mif}: {r:>8.0} readings/s over {conns} connection(s)");
         }

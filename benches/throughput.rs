@@ -8,15 +8,13 @@
 //! 2. Sender: readings delivered per second from a prefilled queue to the stand-in API over
 //!    loopback HTTP/1.1 with keep-alive, `max_in_flight` series at once.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use enectiva_collector::config::IdField;
 use enectiva_collector::queue::{Queue, QueueOptions};
 use enectiva_collector::reading::{Kind, Reading, Series};
-use enectiva_collector::sender::{Sender, SenderSettings};
 use enectiva_collector::sim::api::StandIn;
-use enectiva_collector::token::TokenSource;
-use tokio_util::sync::CancellationToken;
 
 fn reading(series: usize, i: usize) -> Reading {
     Reading {
@@ -50,52 +48,6 @@ async fn commit_rate(per_tx: usize, total: usize) -> f64 {
     rate
 }
 
-async fn send_rate(series: usize, per_series: usize, max_in_flight: usize) -> (f64, u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = StandIn::start("0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11", "bench")
-        .await
-        .expect("stand-in");
-    std::fs::write(dir.path().join("token"), "bench").expect("token");
-    let (q, _) = Queue::open(QueueOptions::new(dir.path().join("queue.db"))).expect("queue");
-    for i in 0..per_series {
-        q.commit((0..series).map(|s| reading(s, i)).collect())
-            .await
-            .expect("commit");
-    }
-    let total = series * per_series;
-    let s = SenderSettings {
-        base_url: api.base_url(),
-        customer_id: "0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11".into(),
-        sender: "bench".into(),
-        id_field: IdField::ImportId,
-        timeout: Duration::from_secs(10),
-        max_in_flight,
-        max_backoff: Duration::from_secs(5),
-        ca_file: None,
-        token: Some(TokenSource::File(dir.path().join("token"))),
-        auth_retry: Duration::from_secs(1),
-        error_log_every: Duration::from_secs(600),
-        rescan: Duration::from_secs(1),
-    };
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(
-        Sender::new(s, q.clone())
-            .expect("sender")
-            .run(shutdown.clone()),
-    );
-    assert!(
-        api.wait_accepted(total, Duration::from_secs(600)).await,
-        "not all delivered"
-    );
-    let rate = total as f64 / started.elapsed().as_secs_f64();
-    shutdown.cancel();
-    let _ = task.await;
-    let connections = api.connections();
-    q.close().await.expect("close");
-    (rate, connections)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -110,7 +62,10 @@ fn main() {
             "sender to the stand-in API over loopback (keep-alive), 100 series × 200 readings:"
         );
         for mif in [1, 4, 8] {
-            let (r, conns) = send_rate(100, 200, mif).await;
+            let api = StandIn::start(common::CUSTOMER, common::TOKEN)
+                .await
+                .expect("stand-in");
+            let (r, conns) = common::sender_rate(&api, 100, 200, mif).await;
             println!("  max_in_flight {mif}: {r:>8.0} readings/s over {conns} connection(s)");
         }
     });

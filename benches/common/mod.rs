@@ -275,3 +275,53 @@ pub fn daemon_bin() -> std::path::PathBuf {
         std::path::PathBuf::from,
     )
 }
+
+/// (readings/s, connections) for the crate's sender draining `series × per_series` readings.
+pub async fn sender_rate(
+    api: &enectiva_collector::sim::api::StandIn,
+    series: usize,
+    per_series: usize,
+    max_in_flight: usize,
+) -> (f64, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let path = dir.path().join("queue.db");
+    prefill(&path, &format!("D{max_in_flight}"), series, per_series).await;
+    let (q, _) = Queue::open(QueueOptions::new(&path)).expect("queue");
+    let total = series * per_series;
+    let s = enectiva_collector::sender::SenderSettings {
+        base_url: api.base_url(),
+        customer_id: CUSTOMER.into(),
+        sender: "bench".into(),
+        id_field: enectiva_collector::config::IdField::ImportId,
+        timeout: Duration::from_secs(10),
+        max_in_flight,
+        max_backoff: Duration::from_secs(5),
+        ca_file: None,
+        token: Some(enectiva_collector::token::TokenSource::File(
+            dir.path().join("token"),
+        )),
+        auth_retry: Duration::from_secs(1),
+        error_log_every: Duration::from_secs(600),
+        rescan: Duration::from_secs(1),
+    };
+    let (before, conns_before) = (api.accepted_count(), api.connections());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(
+        enectiva_collector::sender::Sender::new(s, q.clone())
+            .expect("sender")
+            .run(shutdown.clone()),
+    );
+    let done = api
+        .wait_accepted(before + total, Duration::from_secs(600))
+        .await;
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = task.await;
+    q.close().await.expect("close");
+    if !done {
+        eprintln!("max_in_flight {max_in_flight}: not all delivered within 600 s");
+    }
+    (rate, api.connections() - conns_before)
+}
