@@ -181,7 +181,12 @@ async fn demo(dir: &std::path::Path, length: Duration) -> Exit {
             return Exit::Failure;
         }
     };
-    if let Err(e) = std::fs::write(dir.join("token"), TOKEN) {
+    // Private like a real token file, so the demo does not warn about its own file.
+    let written = std::fs::write(dir.join("token"), TOKEN).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o600))
+    });
+    if let Err(e) = written {
         eprintln!("error: cannot write the demo token: {e}");
         return Exit::Failure;
     }
