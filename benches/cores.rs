@@ -24,16 +24,7 @@ use enectiva_collector::units::{
     Conversion, Temperature, Transform, f32_shortest, round_decimals, round_significant,
 };
 
-const TYPES: [DataType; 8] = [
-    DataType::U16,
-    DataType::I16,
-    DataType::U32,
-    DataType::I32,
-    DataType::U64,
-    DataType::I64,
-    DataType::F32,
-    DataType::F64,
-];
+const TYPES: [DataType; 8] = DataType::ALL;
 
 /// The ten common SDM630 quantities plus `total_energy` (0x0156), as in the planner's tests.
 fn sdm630_specs() -> Vec<RegisterSpec> {

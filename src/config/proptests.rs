@@ -514,9 +514,9 @@ fn invalid_utf8_is_the_message_read_to_string_gave() {
     let Err(e) = Config::from_bytes(bytes, Path::new(PATH)) else {
         panic!("invalid UTF-8 accepted");
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("config.toml");
-    std::fs::write(&file, bytes).unwrap();
+    std::fs::write(&file, bytes).expect("write the config");
     let Err(std_error) = std::fs::read_to_string(&file) else {
         panic!("std accepted invalid UTF-8");
     };

@@ -65,6 +65,18 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// Every type, in the order of [`DataType::NAMES`].
+    pub const ALL: [DataType; 8] = [
+        DataType::U16,
+        DataType::I16,
+        DataType::U32,
+        DataType::I32,
+        DataType::U64,
+        DataType::I64,
+        DataType::F32,
+        DataType::F64,
+    ];
+
     pub const NAMES: &'static [&'static str] =
         &["u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64"];
 

@@ -352,16 +352,7 @@ mod tests {
         }
     }
 
-    const TYPES: [DataType; 8] = [
-        DataType::U16,
-        DataType::I16,
-        DataType::U32,
-        DataType::I32,
-        DataType::U64,
-        DataType::I64,
-        DataType::F32,
-        DataType::F64,
-    ];
+    const TYPES: [DataType; 8] = DataType::ALL;
 
     fn meter(specs: &[RegisterSpec], max_registers: u16, max_gap: u16) -> ModbusMeter {
         ModbusMeter {
