@@ -13,6 +13,7 @@
 
 mod acks;
 mod db;
+mod inbox;
 mod inspect;
 mod pages;
 mod salvage;
@@ -205,20 +206,13 @@ enum Cmd {
         readings: Vec<Reading>,
         reply: oneshot::Sender<Result<CommitReport, QueueError>>,
     },
-    Delivered {
-        id: i64,
-        duplicate: bool,
-    },
+    /// Updates are waiting in the inbox ([`inbox::Inbox`]): schedule a transaction.
+    Wake,
     DeadLetter {
         id: i64,
         reason: String,
         status: Option<u16>,
         body: Option<String>,
-    },
-    Meter(MeterPoll),
-    State {
-        key: String,
-        value: String,
     },
     Fetch {
         series: Series,
@@ -261,6 +255,7 @@ pub struct Queue {
     commits: watch::Receiver<u64>,
     fatal: watch::Receiver<Option<QueueError>>,
     path: Arc<PathBuf>,
+    inbox: Arc<inbox::Inbox>,
 }
 
 impl Queue {
@@ -271,7 +266,15 @@ impl Queue {
         let (commits_tx, commits) = watch::channel(0u64);
         let (fatal_tx, fatal) = watch::channel(None);
         let path = Arc::new(opts.path.clone());
-        let writer = Writer::new(db, opts, report.pending, max_id, commits_tx, fatal_tx);
+        let inbox = Arc::new(inbox::Inbox::new(acks::AckLog::open(&opts.path)));
+        let writer = Writer::new(
+            db,
+            opts,
+            report.pending,
+            max_id,
+            (commits_tx, fatal_tx),
+            Arc::clone(&inbox),
+        );
         thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || writer.run(rx))
@@ -285,6 +288,7 @@ impl Queue {
                 commits,
                 fatal,
                 path,
+                inbox,
             },
             report,
         ))
@@ -335,7 +339,16 @@ impl Queue {
     /// The API acknowledged a reading (2xx, or 409 when `duplicate`). Removed with the next
     /// group; after a crash it may be sent once more (the API answers 409).
     pub fn delivered(&self, id: i64, duplicate: bool) -> Result<(), QueueError> {
-        self.send(Cmd::Delivered { id, duplicate })
+        self.wake(self.inbox.delivered(id, duplicate))
+    }
+
+    /// Wakes the writer when an update put into the inbox asks for it.
+    fn wake(&self, put: Result<bool, inbox::Closed>) -> Result<(), QueueError> {
+        match put {
+            Ok(true) => self.send(Cmd::Wake),
+            Ok(false) => Ok(()),
+            Err(inbox::Closed) => Err(self.closed_error()),
+        }
     }
 
     /// The API rejected a reading: keep it as a dead letter with the answer.
@@ -356,15 +369,12 @@ impl Queue {
 
     /// Records a meter's last poll for `status` (written with the next transaction).
     pub fn record_poll(&self, poll: MeterPoll) -> Result<(), QueueError> {
-        self.send(Cmd::Meter(poll))
+        self.wake(self.inbox.meter(poll))
     }
 
     /// Records an operational fact for `status` (e.g. `last_delivery`, `last_error`).
     pub fn record_state(&self, key: &str, value: impl Into<String>) -> Result<(), QueueError> {
-        self.send(Cmd::State {
-            key: key.to_string(),
-            value: value.into(),
-        })
+        self.wake(self.inbox.state(key, value.into()))
     }
 
     /// Up to `limit` committed readings of `series` with an id above `after`, oldest first.
@@ -690,8 +700,8 @@ struct Writer {
     fatal_tx: watch::Sender<Option<QueueError>>,
     drop_log: DropLog,
     counters_cache: BTreeMap<String, i64>,
-    /// Acknowledgements not yet in a committed removal group, on disk for a crash.
-    acks: acks::AckLog,
+    /// Acknowledgements (journaled there) and status updates not yet taken into a batch.
+    inbox: Arc<inbox::Inbox>,
 }
 
 /// Rate-limits the WARN about dropped readings (SPEC §5: logged, rate-limited).
@@ -734,14 +744,13 @@ impl Writer {
         opts: QueueOptions,
         count: u64,
         max_id: i64,
-        commits_tx: watch::Sender<u64>,
-        fatal_tx: watch::Sender<Option<QueueError>>,
+        (commits_tx, fatal_tx): (watch::Sender<u64>, watch::Sender<Option<QueueError>>),
+        inbox: Arc<inbox::Inbox>,
     ) -> Writer {
         let counters_cache = db
             .counters()
             .map(|v| v.into_iter().collect())
             .unwrap_or_default();
-        let acks = acks::AckLog::open(&opts.path);
         Writer {
             db,
             opts,
@@ -758,7 +767,7 @@ impl Writer {
             fatal_tx,
             drop_log: DropLog::default(),
             counters_cache,
-            acks,
+            inbox,
         }
     }
 
@@ -788,7 +797,13 @@ impl Writer {
             .min()
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    fn run(self, rx: mpsc::Receiver<Cmd>) {
+        let inbox = Arc::clone(&self.inbox);
+        self.serve(rx);
+        inbox.close();
+    }
+
+    fn serve(mut self, rx: mpsc::Receiver<Cmd>) {
         loop {
             let deadline = self.deadline();
             let maintenance_at = self.last_maintenance + self.opts.maintenance_interval;
@@ -797,6 +812,8 @@ impl Writer {
             match rx.recv_timeout(timeout) {
                 Ok(Cmd::Close { reply }) => {
                     let result = self.close();
+                    // Acknowledgements from now on stay in the journal for the next open.
+                    self.inbox.close();
                     // The connection closes before the answer: whoever waited may open the
                     // files next, and a last connection closing later would checkpoint and
                     // delete whatever `-wal` lies there by then.
@@ -833,10 +850,14 @@ impl Writer {
                 self.batch.readings.extend(readings);
                 self.batch.first_write.get_or_insert(now);
             }
-            Cmd::Delivered { id, duplicate } => {
-                self.acks.record(id, duplicate);
-                self.batch.removals.push((id, duplicate));
-                self.batch.first_write.get_or_insert(now);
+            Cmd::Wake => {
+                let (writes, state) = self.inbox.due();
+                if writes {
+                    self.batch.first_write.get_or_insert(now);
+                }
+                if state {
+                    self.batch.first_state.get_or_insert(now);
+                }
             }
             Cmd::DeadLetter {
                 id,
@@ -846,14 +867,6 @@ impl Writer {
             } => {
                 self.batch.dead.push((id, reason, status, body));
                 self.batch.first_write.get_or_insert(now);
-            }
-            Cmd::Meter(poll) => {
-                self.batch.meters.insert(poll.meter.clone(), poll);
-                self.batch.first_state.get_or_insert(now);
-            }
-            Cmd::State { key, value } => {
-                self.batch.state.insert(key, value);
-                self.batch.first_state.get_or_insert(now);
             }
             Cmd::Fetch {
                 series,
@@ -959,6 +972,10 @@ impl Writer {
 
     /// Commits the batch. Returns false when the writer must stop (fatal error).
     fn flush(&mut self) -> bool {
+        let taken = self.inbox.take();
+        self.batch.removals.extend(taken.removals);
+        self.batch.meters.extend(taken.meters);
+        self.batch.state.extend(taken.state);
         let mut readings: Vec<Reading> = self.held.drain(..).collect();
         readings.append(&mut self.batch.readings);
         let held_before = readings.len() - self.batch.waiters.iter().map(|(_, n)| n).sum::<usize>();
@@ -1148,7 +1165,7 @@ impl Writer {
             let _ = w.send(Ok(()));
         }
         self.batch = Batch::default();
-        self.acks.clear();
+        self.inbox.committed();
         self.last_flush = Some(Instant::now());
         if let Some(since) = self.disk_full_since.take() {
             tracing::info!(

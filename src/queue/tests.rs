@@ -955,3 +955,52 @@ fn nix_is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[tokio::test]
+async fn an_acknowledgement_is_on_disk_before_its_group_commits() {
+    // A commit window far longer than the test: the removals stay uncommitted, as they are
+    // when a `kill -9` lands between the API's answer and the next group.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (q, _) = Queue::open(QueueOptions {
+        commit_window: Duration::from_secs(3600),
+        ..opts(&dir)
+    })
+    .expect("open");
+    let batch: Vec<Reading> = (0..10)
+        .map(|i| reading(Kind::Reading, "A", i, i as f64))
+        .collect();
+    q.commit(batch).await.expect("commit");
+    let series = Series::new(Kind::Reading, "A", None);
+    let rows = q.fetch(&series, 0, 100).await.expect("fetch");
+    assert_eq!(rows.len(), 10);
+    for r in &rows[..3] {
+        q.delivered(r.id, false).expect("delivered");
+    }
+    // What the kill leaves: the files as they are now, copied before the writer commits.
+    let copy = tempfile::tempdir().expect("tempdir");
+    for name in ["queue.db", "queue.db-wal", "queue.db-acks"] {
+        std::fs::copy(dir.path().join(name), copy.path().join(name)).expect(name);
+    }
+    let (again, report) = Queue::open(opts(&copy)).expect("reopen");
+    assert_eq!(
+        report.pending, 7,
+        "the three acknowledged readings are removed"
+    );
+    let left = again.fetch(&series, 0, 100).await.expect("fetch");
+    assert_eq!(
+        left.iter().map(|r| r.id).collect::<Vec<_>>(),
+        rows[3..].iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        counter(&again.stats().await.expect("stats"), "delivered"),
+        3
+    );
+    again.close().await.expect("close");
+    // The original commits its group on close and empties its journal.
+    q.close().await.expect("close");
+    assert!(acks::read(&dir.path().join("queue.db")).is_empty());
+    assert!(
+        q.delivered(rows[4].id, false).is_err(),
+        "refused after close"
+    );
+}
