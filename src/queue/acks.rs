@@ -1,8 +1,9 @@
 //! The acknowledgement journal (`<queue>-acks`): removals of delivered readings are committed
 //! in groups (SPEC §5) to keep disk syncs bounded, so between an API answer and its group's
-//! commit the acknowledgement lives only in memory. The writer thread appends every
-//! acknowledgement here the moment it hears of it (one small `write`, no sync), clears the file
-//! after each commit, and replays it when the queue opens. A `kill -9` therefore re-sends only
+//! commit the acknowledgement lives only in memory. [`super::Queue::delivered`] appends every
+//! acknowledgement here before it returns (one small `write` on the caller's thread, no sync,
+//! through the inbox in `inbox.rs`), the writer clears the file after each commit, and the
+//! queue replays it when it opens. A `kill -9` therefore re-sends only
 //! the requests that were really on the wire; after a power cut the unsynced tail may be gone,
 //! which costs duplicates (answered 409), never a reading: the journal only ever removes
 //! readings the API already accepted. Records carry a check word, so a torn or zeroed tail is
@@ -71,7 +72,7 @@ pub fn read(queue: &Path) -> Vec<(i64, bool)> {
     decode(&bytes)
 }
 
-/// The open journal, owned by the writer thread.
+/// The open journal, kept in the inbox (`inbox.rs`) behind its lock.
 #[derive(Debug)]
 pub struct AckLog {
     path: PathBuf,

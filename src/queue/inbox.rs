@@ -1,8 +1,8 @@
 //! The writer's inbox for the frequent fire-and-forget updates: acknowledgements from the
 //! sender and meter-poll / status facts. They wait here, behind a mutex, until the writer thread
 //! takes them into its next transaction, instead of each one travelling the command channel and
-//! waking the writer (at 200 deliveries a second those wake-ups were a fifth of the daemon's
-//! CPU, BENCHMARKS.md issue 8). Only the first update after each take wakes the writer, which
+//! waking the writer (at 200 deliveries a second those wake-ups cost 13 % of the daemon's CPU,
+//! BENCHMARKS.md issue 8). Only the first update after each take wakes the writer, which
 //! then knows a transaction is due within its window.
 //!
 //! Acknowledgements go into the journal (`acks.rs`) on the caller's thread, under the same lock
