@@ -283,6 +283,22 @@ impl StandIn {
         wait_count(&self.shared.attempts_tx, n, timeout).await
     }
 
+    /// Waits until some request was answered with `status`, at most `timeout`. A request
+    /// counts in [`StandIn::wait_attempts`] when it arrives, before its answer is chosen: a
+    /// test that changes the behaviour after a given answer waits for the answer itself.
+    pub async fn wait_answered(&self, status: u16, timeout: Duration) -> bool {
+        let mut rx = self.shared.attempts_tx.subscribe();
+        let shared = &self.shared;
+        let seen = rx.wait_for(|_| {
+            shared
+                .lock()
+                .attempts
+                .iter()
+                .any(|a| a.status == Some(status))
+        });
+        matches!(tokio::time::timeout(timeout, seen).await, Ok(Ok(_)))
+    }
+
     /// Closes the listener and every connection and waits until they are gone.
     pub async fn stop(self) {
         let mut control = self.shared.control.lock().await;
@@ -336,6 +352,8 @@ impl Shared {
         if let Some(attempt) = self.lock().attempts.get_mut(index) {
             attempt.status = Some(status);
         }
+        // Wakes `wait_answered` (the count is unchanged).
+        self.attempts_tx.send_modify(|_| {});
     }
 
     fn next_scripted(&self) -> Option<Answer> {
@@ -1833,6 +1851,26 @@ mod tests {
             TcpStream::connect(addr).await.is_err(),
             "stop closes the port"
         );
+    }
+
+    #[tokio::test]
+    async fn wait_answered_waits_for_the_answer_not_the_arrival() {
+        let api = start().await;
+        // A request that is held before its answer: it has arrived, but nothing answered 503.
+        api.script([
+            Answer::Delay(Duration::from_millis(200)),
+            Answer::Status(503),
+        ]);
+        let first = tokio::spawn({
+            let url = url(&api, "readings");
+            async move { send(with_headers(client().post(url)).body(reading("A", T0, "1"))).await }
+        });
+        assert!(api.wait_attempts(1, WAIT).await);
+        assert!(!api.wait_answered(503, Duration::from_millis(50)).await);
+        assert_eq!(first.await.unwrap().0, 201);
+        assert_eq!(post(&api, "readings", reading("A", T0, "2")).await.0, 503);
+        assert!(api.wait_answered(503, WAIT).await);
+        assert!(api.wait_answered(201, WAIT).await);
     }
 
     #[tokio::test]

@@ -431,7 +431,7 @@ async fn the_token_never_appears_in_logs_status_or_the_database() {
     let child = spawn(&config, &[("RUST_LOG", "trace")]);
     // A 401 (the sender then waits a minute), then — after a reload that restarts the sender —
     // a rejection (400), a 503 with Retry-After, a hang (timeouts), the API down.
-    assert!(api.wait_attempts(1, LONG).await);
+    assert!(api.wait_answered(401, LONG).await);
     api.set_token(TOKEN);
     let text = std::fs::read_to_string(&config)
         .expect("config")
