@@ -262,6 +262,20 @@ fn daemon_runtime() -> Result<tokio::runtime::Runtime, Exit> {
 
 /// `run`: the daemon until SIGTERM/SIGINT.
 fn run_daemon(config_path: &std::path::Path) -> Exit {
+    // Signals first: a stop that arrives while the configuration loads is then a clean stop
+    // too (only one that lands before this line ends the process by the signal itself, which
+    // systemd also counts as a clean stop; nothing was read yet).
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return Exit::Failure;
+        }
+    };
     let config = match commands::load_config(config_path) {
         Ok(c) => c,
         Err(e) => return e,
@@ -275,17 +289,6 @@ fn run_daemon(config_path: &std::path::Path) -> Exit {
         Err(e) => return e,
     };
     let shutdown = CancellationToken::new();
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
-            return Exit::Failure;
-        }
-    };
     let handle = signals.handle();
     let on_signal = shutdown.clone();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -330,23 +330,30 @@ impl Daemon {
     }
 
     /// SIGTERM and wait (bounded); (exit code, how long the stop took, log).
-    pub fn stop(mut self) -> (Option<i32>, Duration, String) {
+    pub fn stop(self) -> (Option<i32>, Duration, String) {
+        let (status, took, log) = self.stop_status();
+        (status.code(), took, log)
+    }
+
+    /// [`Daemon::stop`] with the whole exit status (a death by a signal has no code); a daemon
+    /// that does not stop within 15 s is killed (SIGKILL).
+    pub fn stop_status(mut self) -> (std::process::ExitStatus, Duration, String) {
         let t = Instant::now();
         self.signal("-TERM");
         let limit = Duration::from_secs(15);
-        let code = loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                break s.code();
-            }
-            if t.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if t.elapsed() <= limit => {}
+                _ => {
+                    let _ = self.child.kill();
+                    break self.child.wait().expect("wait for the killed daemon");
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         };
         let took = t.elapsed();
-        (code, took, self.log_text())
+        (status, took, self.log_text())
     }
 
     /// Waits (bounded) until the daemon logged "running": signals are handled and tasks are up.
