@@ -32,16 +32,7 @@ use enectiva_collector::units::Transform;
 use libfuzzer_sys::fuzz_target;
 use tokio_modbus::ExceptionCode;
 
-const TYPES: [DataType; 8] = [
-    DataType::U16,
-    DataType::I16,
-    DataType::U32,
-    DataType::I32,
-    DataType::U64,
-    DataType::I64,
-    DataType::F32,
-    DataType::F64,
-];
+const TYPES: [DataType; 8] = DataType::ALL;
 
 /// Reads the input front to back; an exhausted input reads as zeros.
 struct Bytes<'a>(&'a [u8]);

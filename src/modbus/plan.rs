@@ -445,16 +445,7 @@ mod tests {
     }
 
     fn arb_spec() -> impl Strategy<Value = RegisterSpec> {
-        let types = [
-            DataType::U16,
-            DataType::I16,
-            DataType::U32,
-            DataType::I32,
-            DataType::U64,
-            DataType::I64,
-            DataType::F32,
-            DataType::F64,
-        ];
+        let types = DataType::ALL;
         (
             any::<bool>(),
             prop_oneof![any::<u16>(), 0u16..300, 0xFF00u16..=0xFFFF],
