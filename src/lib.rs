@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod bus;
+pub mod ca;
 pub mod clock;
 pub mod commands;
 pub mod config;

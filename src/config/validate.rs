@@ -726,7 +726,12 @@ impl Validator<'_> {
         if let Some(c) = &raw.ca_file {
             let path = self.resolve(c.get_ref());
             match std::fs::File::open(&path).and_then(|f| f.metadata()) {
-                Ok(m) if m.is_file() => api.ca_file = Some(path),
+                Ok(m) if m.is_file() => match crate::ca::load(&path) {
+                    Ok(_) => api.ca_file = Some(path),
+                    Err(e) => {
+                        self.error_at(c, ITEM, format!("ca_file {} {e}", path.display()));
+                    }
+                },
                 Ok(_) => {
                     self.error_at(c, ITEM, format!("ca_file {} is not a file", path.display()))
                 }

@@ -69,7 +69,7 @@ impl SenderSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
-    #[error("cannot read ca_file {path}: {error}")]
+    #[error("ca_file {path} {error}")]
     CaFile { path: PathBuf, error: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
@@ -91,12 +91,15 @@ pub fn http_client(s: &SenderSettings) -> Result<reqwest::Client, SenderError> {
         .tcp_keepalive(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = &s.ca_file {
-        let pem = std::fs::read(path).map_err(|e| SenderError::CaFile {
+        let ders = crate::ca::load(path).map_err(|error| SenderError::CaFile {
             path: path.clone(),
-            error: e.to_string(),
+            error,
         })?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SenderError::CaFile {
+        let certs = ders
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SenderError::CaFile {
                 path: path.clone(),
                 error: e.to_string(),
             })?;

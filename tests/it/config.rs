@@ -531,7 +531,7 @@ baud = 7
 fn relative_paths_resolve_against_the_config_directory() {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("secrets")).unwrap();
-    fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    fs::copy(test_ca(), dir.path().join("ca.pem")).unwrap();
     let path = dir.path().join("config.toml");
     fs::write(
         &path,
@@ -577,14 +577,32 @@ fn token_file_readable_by_others_is_a_warning() {
     assert!(c.warnings.is_empty(), "{}", messages(&c.warnings));
 }
 
+/// A real self-signed CA certificate (tests/data/tls/test-ca.pem).
+fn test_ca() -> PathBuf {
+    repo().join("tests/data/tls/test-ca.pem")
+}
+
 #[test]
 fn ca_file_fixture_with_an_existing_file() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("proxy-ca.pem");
-    fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    fs::copy(test_ca(), &ca).unwrap();
     let text = format!("{API}ca_file = \"{}\"\n", ca.display());
     let c = parse_ok(&text);
-    assert_eq!(c.api.ca_file, Some(ca));
+    assert_eq!(c.api.ca_file, Some(ca.clone()));
+
+    // A truncated bundle, one that holds no certificate, and a DER file are errors at the key.
+    let pem = fs::read_to_string(test_ca()).unwrap();
+    for (content, expect) in [
+        (&pem[..pem.len() / 2], "is not a valid PEM file"),
+        ("-----BEGIN CERTIFICATE-----\n", "is not a valid PEM file"),
+        ("not a certificate\n", "holds no PEM certificate"),
+    ] {
+        fs::write(&ca, content).unwrap();
+        let ds = parse_err(&text);
+        assert!(ds[0].message.contains(expect), "{}", messages(&ds));
+        assert_eq!((ds[0].line, ds[0].column), (Some(3), Some(11)));
+    }
 
     let text = format!("{API}ca_file = \"{}\"\n", dir.path().display());
     let ds = parse_err(&text);
