@@ -1,5 +1,5 @@
 //! RS-485 cycle time against the theoretical minimum: ten SDM630-profile meters with ten
-//! channels each (two requests per meter: `input 0x0000+74` and `0x0156+2`) on one simulated
+//! channels each (two requests per meter: `input 0x0000+80` and `0x0156+2`) on one simulated
 //! line with the wire time of 9600 baud 8E1 emulated per frame and `delay = 0`, read by the
 //! daemon's own RTU link and poller. The model is modbus.md §4.3: per transaction, request
 //! frame + t3.5 + meter latency + answer frame + t3.5. Run with `cargo bench --bench

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::modbus::plan::ReadRequest;
 use crate::modbus::{
     DEFAULT_MAX_GAP, DataType, MAX_REGISTERS_PER_REQUEST, RegisterSpec, Table, WordOrder,
 };
@@ -104,6 +105,9 @@ pub struct Profile {
     pub max_registers: u16,
     /// Unwanted registers worth reading to merge two requests.
     pub max_gap: u16,
+    /// Register blocks the meter serves whole: a request inside one is widened to the block
+    /// (SPEC §6.3, `plan::widen`).
+    pub blocks: Vec<ReadRequest>,
     /// False where public register maps disagree; `check` warns about such profiles.
     pub verified: bool,
     /// Where the map comes from, and where sources differ.
@@ -152,6 +156,14 @@ impl Profile {
             "  default table {}, word order {}, at most {} registers per request, gaps of up to {} registers merged",
             self.table, self.order, self.max_registers, self.max_gap
         );
+        if !self.blocks.is_empty() {
+            let blocks: Vec<String> = self.blocks.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "  read whole: {} (a request inside a block reads all of it)",
+                blocks.join(", ")
+            );
+        }
         if self.verified {
             let _ = writeln!(out, "  verified: yes (public register maps agree)");
         } else {
@@ -434,10 +446,21 @@ struct RawProfile {
     max_registers: Option<Spanned<u16>>,
     max_gap: Option<u16>,
     #[serde(default)]
+    blocks: Vec<RawBlock>,
+    #[serde(default)]
     verified: bool,
     #[serde(default)]
     source: String,
     quantities: Spanned<BTreeMap<Spanned<String>, RawQuantity>>,
+}
+
+/// `blocks = [{ start = 0x0000, count = 80 }]`; `table` defaults to the profile's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlock {
+    table: Option<Spanned<String>>,
+    start: Spanned<u16>,
+    count: Spanned<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -573,6 +596,26 @@ fn build(
         );
     }
 
+    let mut blocks = Vec::new();
+    for b in &raw.blocks {
+        let count = *b.count.get_ref();
+        let start = *b.start.get_ref();
+        if count == 0 || count > max_registers {
+            problems.add(
+                &b.count,
+                format!("block count = {count} is outside 1..=max_registers ({max_registers})"),
+            );
+        } else if u32::from(start) + u32::from(count) > 0x1_0000 {
+            problems.add(&b.count, "block runs past register 0xFFFF".to_string());
+        } else {
+            blocks.push(ReadRequest {
+                table: parse_table(b.table.as_ref(), &mut problems).unwrap_or(table),
+                start,
+                count,
+            });
+        }
+    }
+
     if let Some((offset, message)) = problems.found.into_iter().min_by_key(|(o, _)| *o) {
         return Err(ProfileError::at(file, text, Some(offset..offset), message));
     }
@@ -583,6 +626,7 @@ fn build(
         order,
         max_registers,
         max_gap: raw.max_gap.unwrap_or(DEFAULT_MAX_GAP),
+        blocks,
         verified: raw.verified,
         source: raw.source,
         builtin,
@@ -696,7 +740,7 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::modbus::plan::plan;
+    use crate::modbus::plan::{plan, widen};
 
     const COMMON: &[&str] = &[
         "voltage_l1",
@@ -888,11 +932,15 @@ import_energy_total = { register = 0x0048, type = "f32", unit = "kWh" }
         let requests = |name: &str, quantities: &[&str]| -> Vec<String> {
             let p = r.get(name).unwrap();
             let specs: Vec<_> = quantities.iter().map(|q| p.spec(q).unwrap()).collect();
-            plan(&specs, p.max_registers, p.max_gap)
-                .requests
-                .iter()
-                .map(|q| q.to_string())
-                .collect()
+            widen(
+                plan(&specs, p.max_registers, p.max_gap),
+                &p.blocks,
+                p.max_registers,
+            )
+            .requests
+            .iter()
+            .map(|q| q.to_string())
+            .collect()
         };
         let all = |name: &str| -> Vec<String> {
             let p = r.get(name).unwrap();
@@ -908,6 +956,25 @@ import_energy_total = { register = 0x0048, type = "f32", unit = "kWh" }
             .map(|(n, _)| n.as_str())
             .collect();
         assert_eq!(requests("eastron-sdm630", &sdm_block), ["input 0x0000+80"]);
+        // The common quantities (voltages, currents, total power, frequency, import and
+        // export) read as the whole 80-register block, plus the total energy at 0x0156.
+        let common = [
+            "voltage_l1",
+            "voltage_l2",
+            "voltage_l3",
+            "current_l1",
+            "current_l2",
+            "current_l3",
+            "active_power_total",
+            "frequency",
+            "import_energy_total",
+            "export_energy_total",
+            "total_energy",
+        ];
+        assert_eq!(
+            requests("eastron-sdm630", &common),
+            ["input 0x0000+80", "input 0x0156+2"]
+        );
         assert_eq!(
             all("eastron-sdm630"),
             ["input 0x0000+80", "input 0x0156+16"]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::Exit;
 use crate::config::{Config, MbusAddress, MbusSelector, MbusTimeout, ModbusMeter, Output, Parity};
-use crate::modbus::plan::plan;
+use crate::modbus::plan::{plan, widen};
 use crate::sender::{self, Latest, SenderSettings};
 
 fn dur(d: Duration) -> String {
@@ -42,7 +42,11 @@ fn modbus_meter(out: &mut String, m: &ModbusMeter, unit_word: &str) {
             .unwrap_or_default()
     );
     let specs: Vec<_> = m.channels.iter().map(|c| c.register).collect();
-    let p = plan(&specs, m.max_registers, m.max_gap);
+    let p = widen(
+        plan(&specs, m.max_registers, m.max_gap),
+        &m.blocks,
+        m.max_registers,
+    );
     let reqs: Vec<String> = p.requests.iter().map(ToString::to_string).collect();
     let _ = writeln!(
         out,

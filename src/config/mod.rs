@@ -139,6 +139,8 @@ pub struct ModbusMeter {
     pub delay: Duration,
     pub max_registers: u16,
     pub max_gap: u16,
+    /// The profile's blocks read whole (`plan::widen`); empty without a profile.
+    pub blocks: Vec<crate::modbus::plan::ReadRequest>,
     pub channels: Vec<ModbusChannel>,
 }
 

@@ -1243,6 +1243,7 @@ impl Validator<'_> {
             delay,
             max_registers,
             max_gap,
+            blocks: profile.map(|p| p.blocks.clone()).unwrap_or_default(),
             channels,
         }
     }

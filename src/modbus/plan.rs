@@ -134,6 +134,46 @@ pub fn plan(specs: &[RegisterSpec], max_registers: u16, max_gap: u16) -> Plan {
     }
 }
 
+/// Widens requests to the register blocks a meter serves whole (a profile's `blocks`, SPEC
+/// §6.3: "an Eastron meter reads its whole 80-register block in one request").
+///
+/// A request lying inside a block of its table becomes the block itself when the block fits
+/// `max_registers` and no other request of the plan touches the block's range; the slots of
+/// its values move by the registers added in front. Everything else is kept as planned, so a
+/// meter configured with a lower `max_registers` than its block, or a plan that needs two
+/// requests inside one block, reads exactly what [`plan`] chose. Blocks never add requests.
+pub fn widen(mut plan: Plan, blocks: &[ReadRequest], max_registers: u16) -> Plan {
+    let max = effective_max_registers(max_registers);
+    for r in 0..plan.requests.len() {
+        let Some(req) = plan.requests.get(r).copied() else {
+            continue;
+        };
+        let block = blocks.iter().find(|b| {
+            b.table == req.table && b.start <= req.start && req.end() <= b.end() && b.count <= max
+        });
+        let Some(block) = block.copied() else {
+            continue;
+        };
+        let shared = plan.requests.iter().enumerate().any(|(o, other)| {
+            o != r
+                && other.table == block.table
+                && u32::from(other.start) < block.end()
+                && u32::from(block.start) < other.end()
+        });
+        if shared {
+            continue;
+        }
+        let shift = req.start - block.start;
+        for slot in plan.slots.iter_mut().filter(|(sr, _)| *sr == r) {
+            slot.1 = slot.1.saturating_add(shift);
+        }
+        if let Some(slot) = plan.requests.get_mut(r) {
+            *slot = block;
+        }
+    }
+    plan
+}
+
 /// The plan to use after `plan.requests[failed]` was refused with exception 02 (illegal data
 /// address), which a meter raises when a merged request covers an address it does not serve
 /// (e.g. the EM24's optional export register, or an unmapped hole read as a gap).
@@ -301,6 +341,47 @@ mod tests {
     }
 
     #[test]
+    fn the_sdm630_block_widens_the_common_quantities_to_80_registers() {
+        let specs = sdm630_specs();
+        let block = [req(Table::Input, 0x0000, 80)];
+        let p = widen(plan(&specs, 80, 80), &block, 80);
+        assert_eq!(
+            p.requests,
+            vec![req(Table::Input, 0x0000, 80), req(Table::Input, 0x0156, 2)]
+        );
+        check_slots(&p, &specs);
+        assert_eq!(p.slots[7], (0, 70));
+
+        // A request that starts inside the block moves its slots by the registers added.
+        let late = [input_f32(0x0034), input_f32(0x0048)];
+        let p = widen(plan(&late, 80, 80), &block, 80);
+        assert_eq!(p.requests, vec![req(Table::Input, 0x0000, 80)]);
+        assert_eq!(p.slots, vec![(0, 0x34), (0, 0x48)]);
+        check_slots(&p, &late);
+
+        // Not widened: a lower max_registers, another table, two requests in the block, or a
+        // request reaching past it.
+        let p = widen(plan(&specs, 60, 80), &block, 60);
+        assert!(p.requests.iter().all(|r| r.count <= 60), "{p:?}");
+        assert_eq!(p, plan(&specs, 60, 80));
+        let holding = [RegisterSpec {
+            table: Table::Holding,
+            ..input_f32(0x0002)
+        }];
+        assert_eq!(
+            widen(plan(&holding, 80, 80), &block, 80).requests,
+            vec![req(Table::Holding, 0x0002, 2)]
+        );
+        let two = [input_f32(0x0000), input_f32(0x0040)];
+        let p = plan(&two, 80, 4);
+        assert_eq!(p.requests.len(), 2);
+        assert_eq!(widen(p.clone(), &block, 80), p);
+        let past = [input_f32(0x004E), input_f32(0x0050)];
+        let p = plan(&past, 80, 80);
+        assert_eq!(widen(p.clone(), &block, 80), p);
+    }
+
+    #[test]
     fn gap_larger_than_max_gap_splits() {
         let specs = [input_f32(0), input_f32(2 + 8), input_f32(12 + 9)];
         let p = plan(&specs, 125, 8);
@@ -459,6 +540,19 @@ mod tests {
             })
     }
 
+    fn arb_block() -> impl Strategy<Value = ReadRequest> {
+        (
+            any::<bool>(),
+            prop_oneof![0u16..300, any::<u16>()],
+            1u16..=130,
+        )
+            .prop_map(|(input, start, count)| ReadRequest {
+                table: if input { Table::Input } else { Table::Holding },
+                start,
+                count: count.min(u16::try_from(0x1_0000 - u32::from(start)).unwrap_or(1)),
+            })
+    }
+
     fn check_plan(p: &Plan, specs: &[RegisterSpec], max_registers: u16) {
         check_slots(p, specs);
         let max = effective_max_registers(max_registers);
@@ -489,10 +583,14 @@ mod tests {
             specs in proptest::collection::vec(arb_spec(), 0..60),
             max_registers in prop_oneof![0u16..=10, 0u16..=200, Just(u16::MAX)],
             max_gap in prop_oneof![0u16..=20, any::<u16>()],
+            blocks in proptest::collection::vec(arb_block(), 0..4),
         ) {
             let p = plan(&specs, max_registers, max_gap);
             check_plan(&p, &specs, max_registers);
             prop_assert_eq!(&p, &plan(&specs, max_registers, max_gap));
+            let w = widen(p.clone(), &blocks, max_registers);
+            check_plan(&w, &specs, max_registers);
+            prop_assert_eq!(w.requests.len(), p.requests.len());
             for failed in 0..p.requests.len() + 1 {
                 let f = fallback(&p, failed, &specs);
                 check_plan(&f, &specs, max_registers);

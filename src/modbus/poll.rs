@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_modbus::ExceptionCode;
 
 use super::decode::decode;
-use super::plan::{Plan, fallback, plan};
+use super::plan::{Plan, fallback, plan, widen};
 use super::{RegisterSpec, Table};
 use crate::bus::{BusMeter, Line, Sample};
 use crate::config::ModbusMeter;
@@ -120,7 +120,11 @@ impl MeterPoller {
             // every value on its own rather than risk the refusal again.
             plan(&self.specs, 1, 0)
         } else {
-            plan(&self.specs, self.meter.max_registers, self.meter.max_gap)
+            widen(
+                plan(&self.specs, self.meter.max_registers, self.meter.max_gap),
+                &self.meter.blocks,
+                self.meter.max_registers,
+            )
         };
     }
 
@@ -364,6 +368,7 @@ mod tests {
             delay: Duration::ZERO,
             max_registers,
             max_gap,
+            blocks: Vec::new(),
             channels: specs
                 .iter()
                 .enumerate()

@@ -290,12 +290,13 @@ async fn sdm630_with_ten_channels_costs_two_requests_per_cycle() {
     let served = sim.served();
     let cycles = served.iter().filter(|s| s.start == 0).count();
     assert!(cycles >= 3);
-    // Exactly two reads per cycle: the 0x0000 block and 0x0156.
+    // Exactly two reads per cycle: the whole 80-register block (the profile's `blocks`) and
+    // 0x0156.
     assert_eq!(sim.requests_for(1), 2 * cycles as u64, "{served:?}");
     for s in &served {
         assert_eq!(s.table, Table::Input);
         assert!(
-            (s.start, s.count) == (0, 74) || (s.start, s.count) == (0x0156, 2),
+            (s.start, s.count) == (0, 80) || (s.start, s.count) == (0x0156, 2),
             "unexpected request {:?}",
             (s.start, s.count)
         );
