@@ -53,7 +53,8 @@ pub fn queue_path(config: &Path, queue: Option<&Path>) -> Result<PathBuf, Exit> 
     }
 }
 
-/// A duration as the configuration writes it: `500ms`, `30s`, `15m`, `1h 30m`, `90d`.
+/// A duration as the configuration writes it (and `parse_duration` reads it back): `500ms`,
+/// `30s`, `15m`, `1h30m`, `90d`.
 pub fn duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
@@ -70,7 +71,7 @@ pub fn duration(d: std::time::Duration) -> String {
             s %= size;
         }
     }
-    parts.join(" ")
+    parts.concat()
 }
 
 /// A compact age: `3s`, `14m`, `2h 5m`, `3d 4h`.
@@ -94,8 +95,12 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(500)), "500ms");
         assert_eq!(duration(Duration::ZERO), "0s");
         assert_eq!(duration(Duration::from_secs(90 * 86_400)), "90d");
-        assert_eq!(duration(Duration::from_secs(5400)), "1h 30m");
+        assert_eq!(duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(duration(Duration::from_secs(60)), "1m");
+        for d in [0, 500, 1_000, 61_000, 5_400_000, 90 * 86_400_000 + 1_000] {
+            let d = Duration::from_millis(d);
+            assert_eq!(crate::config::parse_duration(&duration(d)), Ok(d), "{d:?}");
+        }
     }
 
     #[test]
