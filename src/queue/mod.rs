@@ -565,7 +565,13 @@ fn open_for_daemon(opts: &QueueOptions) -> Result<(Db, OpenReport, i64), QueueEr
     report.wal_damage = wal_damage;
     // Marked clean again only by Queue::close.
     if let Err(e) = db.set_state("clean_shutdown", "0") {
-        tracing::error!(error = %e, "cannot mark the queue open");
+        // A full disk must not stop the daemon (readings wait in memory); an I/O error means
+        // the file can no longer be trusted to take commits, so the start fails (exit 1).
+        if db::classify(&e) == db::Failure::Full {
+            tracing::error!(error = %e, "cannot mark the queue open (disk full)");
+        } else {
+            return Err(open_error(path, e));
+        }
     }
     if let Some(pages) = opts.max_page_count {
         let _ = db

@@ -375,6 +375,73 @@ timeout = "300ms"
 
 // ---- the real binary ----
 
+/// An I/O error on commit stops `run` with exit status 1 and an ERROR naming it (SPEC §5), so
+/// systemd restarts it instead of a daemon that polls into a queue it cannot write; what was
+/// committed before is still in the file. strace fails the 20th and every later fsync of each
+/// thread (it counts per thread): opening the queue takes about 14 on its thread, the queue
+/// writer makes one per commit, so the error lands on a commit after about 20 s of polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_on_commit_stops_run_with_exit_1() {
+    let have_strace = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_strace {
+        assert!(
+            std::env::var_os("ENECTIVA_REQUIRE_TOOLS").is_none(),
+            "strace is required here (apt-get install strace)"
+        );
+        eprintln!("skipped: strace is not installed (CI installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    api.set_mode(Mode::Down).await.expect("down");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    let text = format!(
+        "{}{}",
+        head(&api.base_url(), dir.path()),
+        one_meter("m", "gw", sim.addr(), 1, "E")
+    );
+    let config = write_config(dir.path(), &text);
+    let child = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fsync,fdatasync",
+            "-e",
+            "inject=fsync,fdatasync:error=EIO:when=20+",
+        ])
+        .arg(bin())
+        .args(["-c", config.to_str().expect("utf8"), "run"])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strace");
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || wait_exit(child, LONG))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(1), "run must exit 1 on an I/O error:\n{stderr}");
+    assert!(
+        stderr.contains("stopped with an error") && stderr.contains("I/O error"),
+        "no ERROR naming the I/O error:\n{stderr}"
+    );
+    assert!(
+        served_f32(&sim, 1, 0x0048).len() >= 2,
+        "the meter was never polled: the error came before any commit\n{stderr}"
+    );
+    let st = queue::status(&dir.path().join("queue.db")).expect("status after the error");
+    assert!(st.pending >= 1, "nothing committed before the error");
+}
+
 fn spawn_run(config: &Path) -> Child {
     Command::new(bin())
         .args(["-c", config.to_str().expect("utf8"), "run"])
