@@ -18,13 +18,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::{BusContext, run_bus};
-use crate::config::{Api, Config, MbusBus, ModbusRtuBus, ModbusTcpBus, QueueSettings};
+use crate::config::{
+    Api, ClockSettings, Config, MbusBus, ModbusRtuBus, ModbusTcpBus, QueueSettings,
+};
 use crate::mbus::bus::{MbusLink, MbusMeterPoller};
 use crate::modbus::poll::MeterPoller;
 use crate::modbus::rtu::{RtuLink, SerialSettings};
@@ -41,6 +45,8 @@ pub enum AppError {
     Sender(#[from] SenderError),
     #[error("the queue could not be opened: {0}")]
     Join(String),
+    #[error("a bus task failed (see the ERROR before); stopping so the service restarts")]
+    BusFailed,
 }
 
 /// How the daemon is driven from outside: shutdown, reload requests, systemd.
@@ -92,9 +98,10 @@ impl BusConfig<'_> {
         }
     }
 
-    /// Two buses with the same fingerprint need no restart on reload.
-    fn fingerprint(&self) -> String {
-        format!("{self:?}")
+    /// Two buses with the same fingerprint need no restart on reload; `[clock]` is part of it
+    /// because every bus task holds `require_sync`.
+    fn fingerprint(&self, clock: &ClockSettings) -> String {
+        format!("{self:?}|{clock:?}")
     }
 
     fn meters(&self) -> Vec<String> {
@@ -111,18 +118,29 @@ impl BusConfig<'_> {
         ctx: BusContext,
         token: CancellationToken,
     ) -> JoinHandle<()> {
+        let crashed = ctx.crashed.clone();
         match *self {
             BusConfig::Tcp(b) => {
                 let link = TcpLink::new(b.address.clone(), b.timeout);
                 let meters: Vec<MeterPoller> =
                     b.meters.iter().cloned().map(MeterPoller::new).collect();
-                tracker.spawn(run_bus(b.name.clone(), link, meters, ctx, token))
+                spawn_bus(
+                    tracker,
+                    &b.name,
+                    run_bus(b.name.clone(), link, meters, ctx, token),
+                    crashed,
+                )
             }
             BusConfig::Rtu(b) => {
                 let link = RtuLink::new(SerialSettings::from_bus(b));
                 let meters: Vec<MeterPoller> =
                     b.meters.iter().cloned().map(MeterPoller::new).collect();
-                tracker.spawn(run_bus(b.name.clone(), link, meters, ctx, token))
+                spawn_bus(
+                    tracker,
+                    &b.name,
+                    run_bus(b.name.clone(), link, meters, ctx, token),
+                    crashed,
+                )
             }
             BusConfig::Mbus(b) => {
                 let link = MbusLink::new(b);
@@ -132,10 +150,37 @@ impl BusConfig<'_> {
                     .cloned()
                     .map(|m| MbusMeterPoller::new(m, b.retries))
                     .collect();
-                tracker.spawn(run_bus(b.name.clone(), link, meters, ctx, token))
+                spawn_bus(
+                    tracker,
+                    &b.name,
+                    run_bus(b.name.clone(), link, meters, ctx, token),
+                    crashed,
+                )
             }
         }
     }
+}
+
+/// Spawns a bus task; a panic in it (a bug: device input is handled without panics) is
+/// logged as an ERROR and cancels `crashed`, which stops the daemon with exit status 1.
+fn spawn_bus(
+    tracker: &TaskTracker,
+    name: &str,
+    task: impl Future<Output = ()> + Send + 'static,
+    crashed: CancellationToken,
+) -> JoinHandle<()> {
+    let name = name.to_string();
+    tracker.spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(bus = %name, panic = %what, "bus task failed; stopping so the service restarts");
+            crashed.cancel();
+        }
+    })
 }
 
 fn buses(config: &Config) -> Vec<BusConfig<'_>> {
@@ -176,6 +221,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     .await
 }
 
+fn build_sender(
+    api: &Api,
+    settings: &impl Fn(&Api) -> SenderSettings,
+    queue: &Queue,
+    health: &Arc<Health>,
+) -> Result<Sender, SenderError> {
+    Ok(Sender::new(settings(api), queue.clone())?.with_health(health.clone()))
+}
+
 fn spawn_sender(
     api: &Api,
     settings: &impl Fn(&Api) -> SenderSettings,
@@ -184,7 +238,7 @@ fn spawn_sender(
     tracker: &TaskTracker,
     parent: &CancellationToken,
 ) -> Result<(JoinHandle<Result<(), SenderError>>, CancellationToken), SenderError> {
-    let sender = Sender::new(settings(api), queue.clone())?.with_health(health.clone());
+    let sender = build_sender(api, settings, queue, health)?;
     let token = parent.child_token();
     Ok((tracker.spawn(sender.run(token.clone())), token))
 }
@@ -290,6 +344,7 @@ pub async fn run_with(
         queue: queue.clone(),
         require_sync: config.clock.require_sync,
         health: health.clone(),
+        crashed: CancellationToken::new(),
     };
     let (sender, sender_token) = spawn_sender(
         &config.api,
@@ -312,7 +367,7 @@ pub async fn run_with(
         running.buses.insert(
             b.name().to_string(),
             RunningBus {
-                fingerprint: b.fingerprint(),
+                fingerprint: b.fingerprint(&config.clock),
                 meters: b.meters(),
                 token,
                 handle,
@@ -338,9 +393,10 @@ pub async fn run_with(
     let failure = loop {
         tokio::select! {
             () = control.shutdown.cancelled() => break None,
-            failed = async { fatal.wait_for(Option::is_some).await.ok().and_then(|f| f.clone()) } => break failed,
+            () = ctx.crashed.cancelled() => break Some(AppError::BusFailed),
+            failed = async { fatal.wait_for(Option::is_some).await.ok().and_then(|f| f.clone()) } => break failed.map(AppError::Queue),
             joined = &mut running.sender => match joined {
-                Ok(Err(SenderError::Queue(e))) => break Some(e),
+                Ok(Err(SenderError::Queue(e))) => break Some(AppError::Queue(e)),
                 other => {
                     // The sender only ends on its own when the queue is gone.
                     tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "sender stopped");
@@ -387,12 +443,19 @@ pub async fn run_with(
     {
         tracing::warn!("tasks did not stop in time; closing the queue anyway");
     }
-    if let Some(e) = failure {
-        return Err(AppError::Queue(e));
+    match failure {
+        // The queue cannot take writes: closing it would only fail again.
+        Some(e @ AppError::Queue(_)) => Err(e),
+        Some(e) => {
+            queue.close().await?;
+            Err(e)
+        }
+        None => {
+            queue.close().await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
     }
-    queue.close().await?;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// SIGHUP: validate the file again and apply what changed.
@@ -433,7 +496,7 @@ async fn reload<S: Fn(&Api) -> SenderSettings>(
     }
     let wanted: BTreeMap<String, (String, BusConfig<'_>)> = buses(&new)
         .into_iter()
-        .map(|b| (b.name().to_string(), (b.fingerprint(), b)))
+        .map(|b| (b.name().to_string(), (b.fingerprint(&new.clock), b)))
         .collect();
     // Stop the buses that are gone or changed; each finishes its running transaction.
     let mut stopped: usize = 0;
@@ -464,6 +527,11 @@ async fn reload<S: Fn(&Api) -> SenderSettings>(
         }
     }
     let mut started: usize = 0;
+    // `[clock]` is part of every bus's fingerprint: a change restarts them all with it.
+    let ctx = BusContext {
+        require_sync: new.clock.require_sync,
+        ..ctx.clone()
+    };
     for (name, (fingerprint, b)) in &wanted {
         if running.buses.contains_key(name) {
             continue;
@@ -484,24 +552,20 @@ async fn reload<S: Fn(&Api) -> SenderSettings>(
     let api = api_key(&new.api, &running.sender_settings);
     let mut sender_restarted = false;
     if api != running.api {
-        running.sender_token.cancel();
-        let _ = tokio::time::timeout(STOP_GRACE, &mut running.sender).await;
-        match spawn_sender(
-            &new.api,
-            &running.sender_settings,
-            queue,
-            health,
-            tracker,
-            tasks,
-        ) {
-            Ok((handle, token)) => {
-                running.sender = handle;
+        // Built before the running sender is stopped: new settings that cannot be used leave
+        // the old sender running (and its handle unfinished, which the main loop polls).
+        match build_sender(&new.api, &running.sender_settings, queue, health) {
+            Ok(sender) => {
+                running.sender_token.cancel();
+                let _ = tokio::time::timeout(STOP_GRACE, &mut running.sender).await;
+                let token = tasks.child_token();
+                running.sender = tracker.spawn(sender.run(token.clone()));
                 running.sender_token = token;
                 running.api = api;
                 sender_restarted = true;
             }
             Err(e) => {
-                tracing::error!(error = %e, "the new [api] settings cannot be used; sending stopped until the next reload or restart");
+                tracing::error!(error = %e, "the new [api] settings cannot be used; sending goes on with the running ones");
             }
         }
     }

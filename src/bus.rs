@@ -35,6 +35,9 @@ pub struct BusContext {
     pub require_sync: bool,
     /// Where the task promises when it will check in again (the watchdog looks at it).
     pub health: Arc<Health>,
+    /// Cancelled when a bus task panics (a bug, never device input): the daemon then stops
+    /// with exit status 1 so systemd restarts it, instead of running on without that bus.
+    pub crashed: tokio_util::sync::CancellationToken,
 }
 
 /// Removes a finished bus task's promise, however the task ends.
@@ -182,9 +185,13 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
     let mut clock_log = RateLimit::new(600_000);
     let mut step_log = RateLimit::new(600_000);
     let mut sync_log = RateLimit::new(600_000);
+    let mut sync_unknown_logged = false;
     let mut port_lost: Option<Instant> = None;
     let task = format!("bus {bus}");
     let _forget = Forget(ctx.health.clone(), task.clone());
+    if ctx.health.fault == Fault::PanicBus {
+        panic!("test fault: bus {bus} panics");
+    }
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -258,7 +265,16 @@ pub async fn run_bus<L: Line, M: BusMeter<L>>(
             }
             continue;
         }
-        let synced = clock::synchronized().unwrap_or(false);
+        let synced = match clock::synchronized() {
+            Ok(synced) => synced,
+            Err(e) => {
+                if !sync_unknown_logged {
+                    sync_unknown_logged = true;
+                    tracing::warn!(bus = %bus, error = %e, "cannot read the clock's synchronisation state: readings are recorded as unsynchronised (is adjtimex denied by a seccomp filter?)");
+                }
+                false
+            }
+        };
         if ctx.require_sync && !synced {
             if sync_log.allow(now) {
                 tracing::warn!(bus = %bus, "waiting for the clock to be synchronised ([clock] require_sync)");

@@ -35,12 +35,13 @@ pub fn is_sane(now_unix: i64) -> bool {
     now_unix >= clock_floor()
 }
 
-/// The kernel's view of synchronisation: `Some(true)` when NTP (or chrony, or timesyncd) has
-/// cleared `STA_UNSYNC`, `Some(false)` when it is set, `None` when the call fails or the
-/// platform has no `adjtimex`.
+/// The kernel's view of synchronisation: `Ok(true)` when NTP (or chrony, or timesyncd) has
+/// cleared `STA_UNSYNC`, `Ok(false)` when it is set, `Err` with the reason when the call fails
+/// (a seccomp filter that denies `adjtimex`, as systemd's `ProtectClock=` does) or the platform
+/// has no `adjtimex`.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub fn synchronized() -> Option<bool> {
+pub fn synchronized() -> Result<bool, String> {
     // SAFETY: `timex` is a plain C struct for which all-zero bytes are a valid value. With
     // `modes = 0` (from the zeroing) adjtimex only reads the kernel's state into the struct,
     // which is a valid, exclusively borrowed local for the whole call; no pointer outlives it.
@@ -50,15 +51,15 @@ pub fn synchronized() -> Option<bool> {
         (rc, tx.status)
     };
     if rc == -1 {
-        return None;
+        return Err(format!("adjtimex: {}", std::io::Error::last_os_error()));
     }
-    Some(status & libc::STA_UNSYNC == 0)
+    Ok(status & libc::STA_UNSYNC == 0)
 }
 
 /// The kernel's view of synchronisation: unknown on platforms without `adjtimex`.
 #[cfg(not(target_os = "linux"))]
-pub fn synchronized() -> Option<bool> {
-    None
+pub fn synchronized() -> Result<bool, String> {
+    Err("this platform has no adjtimex".to_string())
 }
 
 /// Now in Unix milliseconds (negative before 1970), saturating at the ends of `i64`.
@@ -126,13 +127,16 @@ mod tests {
     #[test]
     fn synchronized_answers() {
         // Any answer is fine on a test machine: containers often report unsynchronised, and a
-        // seccomp filter may refuse the call (None). It must just return, and agree with itself.
+        // seccomp filter may refuse the call (Err). It must just return, and agree with itself.
         let s = synchronized();
         eprintln!("synchronized() = {s:?}");
         if !cfg!(target_os = "linux") {
-            assert_eq!(s, None);
+            assert!(s.is_err());
         }
-        assert_eq!(s.is_some(), synchronized().is_some());
+        assert_eq!(s.is_ok(), synchronized().is_ok());
+        if let Err(e) = s {
+            assert!(!e.is_empty());
+        }
     }
 
     #[test]

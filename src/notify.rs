@@ -72,13 +72,15 @@ impl Notifier {
 }
 
 /// A test-only fault switch (`ENECTIVA_TEST_FAULT=stall-sender` or `stall-scheduler`): the named
-/// task hangs after its first check-in, so tests can prove the watchdog stops pinging. Does
-/// nothing unless the variable is set.
+/// task hangs after its first check-in, so tests can prove the watchdog stops pinging;
+/// `panic-bus` makes every bus task panic as it starts, so tests can prove a failed bus stops
+/// the daemon with exit status 1. Does nothing unless the variable is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     None,
     StallSender,
     StallScheduler,
+    PanicBus,
 }
 
 impl Fault {
@@ -86,6 +88,7 @@ impl Fault {
         match std::env::var("ENECTIVA_TEST_FAULT").as_deref() {
             Ok("stall-sender") => Fault::StallSender,
             Ok("stall-scheduler") => Fault::StallScheduler,
+            Ok("panic-bus") => Fault::PanicBus,
             _ => Fault::None,
         }
     }

@@ -104,8 +104,7 @@ pub fn default_queue_path(state_directory: Option<&str>) -> PathBuf {
     }
 }
 
-/// The default `sender`: the host name (the contents of `/proc/sys/kernel/hostname`), else
-/// [`FALLBACK_SENDER`].
+/// The default `sender`: the host name (`gethostname(2)`), else [`FALLBACK_SENDER`].
 pub fn default_sender(hostname: Option<&str>) -> String {
     match hostname.map(str::trim) {
         Some(h) if !h.is_empty() && h.chars().count() <= MAX_SENDER_CHARS => h.to_owned(),
@@ -282,9 +281,30 @@ impl Env {
     fn from_process() -> Env {
         Env {
             state_directory: std::env::var("STATE_DIRECTORY").ok(),
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").ok(),
+            hostname: hostname(),
         }
     }
+}
+
+/// The kernel's host name through `gethostname(2)` (a system call, so it works under
+/// systemd's `ProcSubset=pid`, which hides `/proc/sys/kernel/hostname`).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is a valid, exclusively borrowed buffer of `buf.len()` bytes for the whole
+    // call; gethostname writes at most that many bytes into it and keeps no pointer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf.get(..end)?.to_vec()).ok()
+}
+
+#[cfg(not(unix))]
+fn hostname() -> Option<String> {
+    None
 }
 
 pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -2043,6 +2063,17 @@ mod tests {
         let c = parse_with_env(text, Path::new("c.toml"), &Env::default()).unwrap();
         assert_eq!(c.queue.path, Path::new("./queue.db"));
         assert_eq!(c.api.sender, FALLBACK_SENDER);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_host_name_comes_from_the_kernel() {
+        let h = hostname().expect("gethostname");
+        assert!(!h.is_empty());
+        // The same name the kernel shows in /proc where that is readable.
+        if let Ok(proc_name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            assert_eq!(h, proc_name.trim());
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
+
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{Slave, client::tcp};
@@ -110,14 +112,25 @@ impl Link for TcpLink {
             return Err(LinkError::Connect(self.address.clone()));
         };
         ctx.set_slave(Slave(unit));
-        let call = async {
+        // tokio-modbus asserts on malformed answers in debug builds (a wrong register count);
+        // input from a device must never take the bus task down.
+        let call = std::panic::AssertUnwindSafe(async {
             match table {
                 Table::Holding => ctx.read_holding_registers(start, count).await,
                 Table::Input => ctx.read_input_registers(start, count).await,
             }
-        };
+        })
+        .catch_unwind();
         let answer = tokio::time::timeout(timeout, call).await;
         self.last_done = Some(Instant::now());
+        let answer = match answer {
+            Ok(Err(_panic)) => {
+                self.ctx = None;
+                return Err(LinkError::Protocol("malformed answer".into()));
+            }
+            Ok(Ok(a)) => Ok(a),
+            Err(e) => Err(e),
+        };
         let result = match answer {
             Err(_) => Err(LinkError::Timeout),
             Ok(Err(tokio_modbus::Error::Transport(e))) => Err(LinkError::Transport(e.to_string())),

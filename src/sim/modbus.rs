@@ -59,6 +59,8 @@ pub struct SimMeter {
     /// Pending late answers: (how many requests still, delay each).
     delays: VecDeque<(usize, Duration)>,
     exceptions: Vec<ScriptedException>,
+    /// The next this-many answers carry one register less than asked (a wrong count).
+    short: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +99,7 @@ impl SimMeter {
             silent: false,
             delays: VecDeque::new(),
             exceptions: Vec::new(),
+            short: 0,
         }
     }
 
@@ -577,6 +580,12 @@ impl Units {
         self.with_meter(unit, |meter| meter.max_registers = Some(max));
     }
 
+    /// The next `n` answers of `unit` carry one register less than the request asked for (a
+    /// malformed answer; recorded as served with the words actually sent).
+    pub fn short_next(&self, unit: u8, n: usize) {
+        self.with_meter(unit, |meter| meter.short += n);
+    }
+
     /// A silent unit gets no answer at all (the client times out); nothing late is queued.
     pub fn set_silent(&self, unit: u8, silent: bool) {
         self.with_meter(unit, |meter| meter.silent = silent);
@@ -606,7 +615,11 @@ fn read_locked(
     let Some(meter) = state.meters.get_mut(&unit) else {
         return Ok(None);
     };
-    let words = meter.read(table, start, count)?;
+    let mut words = meter.read(table, start, count)?;
+    if meter.short > 0 {
+        meter.short -= 1;
+        words.pop();
+    }
     Ok(Some(Read {
         unit,
         table,

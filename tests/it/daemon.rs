@@ -45,6 +45,7 @@ fn served_f32(sim: &SimModbus, unit: u8, addr: u16) -> Vec<f64> {
                 && s.table == Table::Input
                 && s.start <= addr
                 && addr + 1 < s.start + s.count
+                && usize::from(addr - s.start) + 1 < s.words.len()
         })
         .map(|s| {
             let words = &s.words;
@@ -337,15 +338,32 @@ timeout = "300ms"
     let d = start(&text, dir.path());
     assert!(wait_for(&api, |acc| series(acc, "E").len() >= 2).await);
     let connections_before = sim.connections();
+    let old_connection = connections_before - 1;
     // The next request is answered 700 ms late, after the 300 ms timeout.
+    let scripted = Instant::now();
     sim.delay_next(1, 1, Duration::from_millis(700));
     let before = series(&api.accepted(), "E").len();
     assert!(wait_for(&api, |acc| series(acc, "E").len() >= before + 3).await);
     d.stop().await;
-    assert!(
-        sim.connections() > connections_before,
-        "no fresh connection after the timeout"
+    // Exactly one fresh connection, and the old one carried nothing after the late answer:
+    // a client that kept it would have sent its next request there and read the late answer
+    // (or tripped over it) instead.
+    assert_eq!(
+        sim.connections(),
+        connections_before + 1,
+        "expected exactly one fresh connection after the timeout"
     );
+    let served = sim.served();
+    let on_old_after: Vec<&_> = served
+        .iter()
+        .filter(|s| s.connection == old_connection && s.at > scripted)
+        .collect();
+    assert_eq!(
+        on_old_after.len(),
+        1,
+        "only the late answer may follow on the old connection: {on_old_after:?}"
+    );
+    assert!(on_old_after[0].at >= scripted + Duration::from_millis(600));
     let acc = api.accepted();
     // Every delivered value is the one its register held, never a neighbour's.
     let served_e = served_f32(&sim, 1, 0x0048);
@@ -371,6 +389,48 @@ timeout = "300ms"
     // One slot was lost to the late answer; the others are whole polls (same count per series).
     assert_eq!(series(&acc, "E").len(), series(&acc, "T").len());
     assert_eq!(series(&acc, "E").len(), series(&acc, "U").len());
+}
+
+/// A malformed answer (one register short) is never decoded: the connection is dropped (a
+/// debug build of tokio-modbus asserts on it, which must not take the bus down either), the
+/// slot is lost, and the next cycle reads correctly on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_answer_is_dropped_and_the_next_cycle_reads_on_a_fresh_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    let text = format!(
+        "{}{}",
+        head(&api.base_url(), dir.path()),
+        one_meter("m", "gw", sim.addr(), 1, "E")
+    );
+    let d = start(&text, dir.path());
+    assert!(wait_for(&api, |acc| series(acc, "E").len() >= 2).await);
+    let connections_before = sim.connections();
+    sim.short_next(1, 1);
+    let before = series(&api.accepted(), "E").len();
+    assert!(wait_for(&api, |acc| series(acc, "E").len() >= before + 3).await);
+    d.stop().await;
+    assert_eq!(sim.connections(), connections_before + 1);
+    let short: Vec<_> = sim
+        .served()
+        .into_iter()
+        .filter(|s| s.words.len() != usize::from(s.count))
+        .collect();
+    assert_eq!(short.len(), 1, "the simulator sent one short answer");
+    let served_e = served_f32(&sim, 1, 0x0048);
+    let delivered: Vec<f64> = series(&api.accepted(), "E")
+        .iter()
+        .map(|a| a.value)
+        .collect();
+    for v in &delivered {
+        assert!(served_e.contains(v), "E {v} was never in register 0x0048");
+    }
+    let mut sorted = delivered.clone();
+    sorted.dedup();
+    assert_eq!(sorted, delivered, "no value delivered twice");
 }
 
 // ---- the real binary ----

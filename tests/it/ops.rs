@@ -265,6 +265,27 @@ async fn watchdog_stops_when_the_scheduler_stalls() {
     watchdog_stops_when("stall-scheduler").await;
 }
 
+/// A bus task that panics (a bug; device input never panics) stops the daemon with exit
+/// status 1 and an ERROR, so systemd restarts it, instead of a daemon that runs on without
+/// that bus while the watchdog stays happy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bus_task_stops_the_daemon_with_exit_1() {
+    let r = rig().await;
+    let child = spawn(&r.config, &[("ENECTIVA_TEST_FAULT", "panic-bus")]);
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bus task failed") && stderr.contains("test fault"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stopping so the service restarts"),
+        "{stderr}"
+    );
+    drop(r.sim);
+    drop(r.api);
+}
+
 fn series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
     acc.iter().filter(|a| a.import_id == id).collect()
 }
