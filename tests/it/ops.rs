@@ -631,3 +631,36 @@ async fn journald_gets_native_fields_and_message_ids() {
             .all(|f| f.values().all(|v| !v.contains(TOKEN)))
     );
 }
+
+/// The shipped unit keeps what the daemon needs from its sandbox: `adjtimex` for the clock's
+/// synchronisation state (`ProtectClock=yes` or a deny list without it back would make every
+/// reading "unsynchronised" and `require_sync` never poll), and a `check` before start whose
+/// failure does not start a restart loop (only `run`'s own exit 2 is matched by
+/// `RestartPreventExitStatus=2`). `systemd-analyze verify`/`security` run in `cross/deb.sh`.
+#[test]
+fn the_unit_leaves_the_daemon_what_it_needs() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/enectiva-collector.service"),
+    )
+    .expect("unit");
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(values("ProtectClock").iter().all(|v| v == "no"));
+    let filters = values("SystemCallFilter");
+    let last_deny = filters.iter().rposition(|f| f.starts_with('~'));
+    let allow_after = filters
+        .iter()
+        .enumerate()
+        .any(|(i, f)| Some(i) > last_deny && f.split_whitespace().any(|s| s == "adjtimex"));
+    assert!(allow_after, "adjtimex must be allowed after the deny list: {filters:?}");
+    let pre = values("ExecStartPre");
+    assert!(
+        pre.iter().all(|p| p.starts_with('-')) && pre.iter().any(|p| p.ends_with(" check")),
+        "{pre:?}"
+    );
+    assert_eq!(values("RestartPreventExitStatus"), ["2"]);
+}
