@@ -232,15 +232,7 @@ async fn one_bus_reads_twenty_meters_every_second_without_waiting_for_each_commi
     assert!(enough, "not every meter delivered 8 readings");
     let acc = api.accepted();
     for id in &ids {
-        let times: Vec<i64> = series(&acc, id)
-            .iter()
-            .map(|a| {
-                humantime::parse_rfc3339(&a.time)
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs() as i64)
-            })
-            .collect();
+        let times: Vec<i64> = series(&acc, id).iter().map(|a| epoch(&a.time)).collect();
         // The last five readings (past start-up) come from five slots in a row, give or take
         // one slot skipped on a busy machine; reading every fourth slot would span 16 s.
         let last = &times[times.len() - 5..];
@@ -502,16 +494,134 @@ async fn an_io_error_on_commit_stops_run_with_exit_1() {
     assert!(st.pending >= 1, "nothing committed before the error");
 }
 
+/// Unix seconds of an RFC 3339 time as sent (0 if it does not parse, which fails the caller).
+fn epoch(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn spawn_run(config: &Path) -> Child {
+    spawn_run_with(config, &[])
+}
+
+fn spawn_run_with(config: &Path, env: &[(&str, &str)]) -> Child {
     Command::new(bin())
         .args(["-c", config.to_str().expect("utf8"), "run"])
         .env_remove("JOURNAL_STREAM")
         .env_remove("CREDENTIALS_DIRECTORY")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn run")
+}
+
+const LIBFAKETIME: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+];
+
+/// A board without an RTC boots in 2020 (before this binary was built): no meter is read and
+/// nothing is queued, and one ERROR says why (SPEC §6.1, the clock sanity floor). The wall
+/// clock is faked with libfaketime; timers keep real (monotonic) time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_before_the_build_date_takes_no_readings_and_says_why() {
+    let Some(lib) = LIBFAKETIME.iter().find(|p| Path::new(p).exists()) else {
+        assert!(
+            std::env::var_os("ENECTIVA_REQUIRE_TOOLS").is_none(),
+            "libfaketime is needed here: apt-get install faketime"
+        );
+        eprintln!("skipped: libfaketime is not installed (CI installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    let text = format!(
+        "{}{}",
+        head(&api.base_url(), dir.path()),
+        one_meter("m", "gw", sim.addr(), 1, "E")
+    );
+    let config = write_config(dir.path(), &text);
+    let child = spawn_run_with(
+        &config,
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", "@2020-01-01 00:00:00"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    // Four 1 s slots go by.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    sigterm(&child);
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || wait_exit(child, LONG))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{stderr}");
+    let floor = "system clock is before this binary's build date";
+    assert_eq!(
+        stderr.matches(floor).count(),
+        1,
+        "one ERROR, not one per slot:\n{stderr}"
+    );
+    assert!(stderr.contains("ERROR"), "{stderr}");
+    assert_eq!(sim.requests(), 0, "a meter was read with a wrong clock");
+    let st = queue::status(&dir.path().join("queue.db")).expect("status");
+    assert_eq!(st.pending, 0);
+    assert!(api.accepted().is_empty());
+}
+
+/// A bus whose meters answer slower than its interval allows skips slots instead of bursting
+/// and says so with one WARN (SPEC §6.1); the readings it takes are on the schedule's slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_that_cannot_keep_its_interval_warns_once_and_skips_slots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    // Every answer comes 1.2 s late (within the 2 s timeout): a poll outlasts the 1 s interval.
+    sim.delay_next(1, 1000, Duration::from_millis(1200));
+    let text = format!(
+        "{}{}",
+        head(&api.base_url(), dir.path()),
+        one_meter("m", "gw", sim.addr(), 1, "E").replace("timeout = \"300ms\"", "timeout = \"2s\"")
+    );
+    let config = write_config(dir.path(), &text);
+    let child = spawn_run(&config);
+    assert!(wait_for(&api, |acc| series(acc, "E").len() >= 4).await);
+    sigterm(&child);
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || wait_exit(child, LONG))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{stderr}");
+    let behind = "bus cannot finish its cycle in time";
+    assert_eq!(
+        stderr.matches(behind).count(),
+        1,
+        "one WARN per minute:\n{stderr}"
+    );
+    let times: Vec<i64> = series(&api.accepted(), "E")
+        .iter()
+        .map(|a| epoch(&a.time))
+        .collect();
+    // No burst: two readings never share a second, and slots were skipped (gaps above 1 s).
+    for w in times.windows(2) {
+        assert!(
+            w[1] > w[0],
+            "readings out of order or in a burst: {times:?}"
+        );
+    }
+    assert!(
+        times.windows(2).any(|w| w[1] - w[0] >= 2),
+        "no slot skipped: {times:?}"
+    );
 }
 
 fn sigterm(child: &Child) {

@@ -656,7 +656,10 @@ fn the_unit_leaves_the_daemon_what_it_needs() {
         .iter()
         .enumerate()
         .any(|(i, f)| Some(i) > last_deny && f.split_whitespace().any(|s| s == "adjtimex"));
-    assert!(allow_after, "adjtimex must be allowed after the deny list: {filters:?}");
+    assert!(
+        allow_after,
+        "adjtimex must be allowed after the deny list: {filters:?}"
+    );
     let pre = values("ExecStartPre");
     assert!(
         pre.iter().all(|p| p.starts_with('-')) && pre.iter().any(|p| p.ends_with(" check")),
