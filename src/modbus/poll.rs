@@ -37,8 +37,9 @@ pub fn exception_name(code: ExceptionCode) -> String {
 }
 
 /// Something that reads registers from a unit id: a TCP connection or a serial line. It keeps
-/// at least `gap` of quiet between two transactions and resets itself after an error that
-/// leaves it in an unknown state.
+/// `gap` (the configured `delay`) of quiet between two transactions, on a serial line on top of
+/// the t3.5 that ends every frame, and resets itself after an error that leaves it in an
+/// unknown state.
 pub trait Link: Line {
     fn read(
         &mut self,

@@ -315,7 +315,9 @@ impl Link for RtuLink {
         if self.ctx.is_none() {
             self.open(unit)?;
         }
-        let quiet = self.settings.t35().max(gap);
+        // t3.5 of silence ends a frame on the wire; the configured `delay` (the meter's
+        // turnaround) comes on top of it (SPEC §6.2).
+        let quiet = self.settings.t35().saturating_add(gap);
         if let Some(last) = self.last_done {
             tokio::time::sleep_until((last + quiet).into()).await;
         }

@@ -371,6 +371,8 @@ struct State {
     requests: u64,
     requests_by_unit: HashMap<u8, u64>,
     served: Vec<Served>,
+    /// (unit id, when the whole request had arrived), in arrival order.
+    arrivals: Vec<(u8, Instant)>,
 }
 
 /// What to do with a request that just arrived.
@@ -429,6 +431,7 @@ impl Units {
                 requests: 0,
                 requests_by_unit: HashMap::new(),
                 served: Vec::new(),
+                arrivals: Vec::new(),
             }),
             requests_tx: watch::Sender::new(0),
             served_tx: watch::Sender::new(0),
@@ -445,6 +448,7 @@ impl Units {
         let mut state = self.lock();
         state.requests += 1;
         *state.requests_by_unit.entry(unit).or_insert(0) += 1;
+        state.arrivals.push((unit, Instant::now()));
         self.requests_tx.send_replace(state.requests);
         match state.meters.get_mut(&unit) {
             None => Arrival::Silent,
@@ -498,6 +502,12 @@ impl Units {
     /// on arrival, before any fault handling.
     pub fn requests(&self) -> u64 {
         self.lock().requests
+    }
+
+    /// When each request had arrived (decoded by the server), with its unit id, in arrival
+    /// order: with [`Served::at`] it shows the silence a master kept between transactions.
+    pub fn arrivals(&self) -> Vec<(u8, Instant)> {
+        self.lock().arrivals.clone()
     }
 
     /// Requests received so far for unit id `unit`.

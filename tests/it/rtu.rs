@@ -220,9 +220,67 @@ async fn three_meters_on_a_line_an_absent_fourth_and_a_fallback_logged_by_name()
             && l.contains("smaller requests")),
         "fallback not logged by name:\n{stderr}"
     );
-    // Unit 3 is read in split requests from then on.
-    let late: Vec<_> = served.iter().filter(|s| s.unit == 3).skip(2).collect();
-    assert!(late.iter().all(|s| s.count <= 10));
+    // Unit 3 is read in split requests from then on: the meter remembers the fallback, so
+    // the merged request was refused once (the simulator records only answered requests; one
+    // more may have been cut off by the stop), never once per cycle.
+    let threes: Vec<_> = served.iter().filter(|s| s.unit == 3).collect();
+    assert!(threes.iter().all(|s| s.count <= 10), "{threes:?}");
+    let refused = line.requests_for(3) - threes.len() as u64;
+    assert!(
+        (1..=2).contains(&refused),
+        "{refused} refused requests for unit 3 over {} answered: the split was not remembered",
+        threes.len()
+    );
+}
+
+/// Every transaction on the line keeps t3.5 of silence plus the configured `delay` after the
+/// previous answer (SPEC §6.2): measured at the simulated meters, from the moment an answer
+/// was written to the moment the next request had arrived. Only lower bounds: a slow machine
+/// makes the gaps longer, never shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transaction_keeps_t35_plus_the_delay_of_silence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    let line = SimRtuBus::start(vec![SimMeter::sdm630(1), SimMeter::sdm630(2)], None)
+        .await
+        .expect("line");
+    let text = format!(
+        "{}{}{}{}",
+        head(&api.base_url(), dir.path()),
+        rtu_bus("rs485", &line.path(), "500ms").replace("delay = \"0ms\"", "delay = \"50ms\""),
+        meter("m1", 1, "M1"),
+        meter("m2", 2, "M2"),
+    );
+    let d = start(&text, dir.path());
+    assert!(
+        wait_for(&api, |acc| series(acc, "M1").len() >= 3
+            && series(acc, "M2").len() >= 3)
+        .await
+    );
+    d.stop().await;
+    let served = line.served();
+    let arrivals = line.arrivals();
+    assert!(arrivals.len() >= 6, "{arrivals:?}");
+    // 9600 baud 8E1: t3.5 = 3.5 × 11 bits / 9600 = 4.01 ms.
+    let quiet = Duration::from_millis(50) + Duration::from_micros(4010);
+    let mut checked = 0;
+    for (unit, arrived) in &arrivals {
+        let Some(previous) = served
+            .iter()
+            .filter(|s| s.at <= *arrived)
+            .map(|s| s.at)
+            .max()
+        else {
+            continue;
+        };
+        let gap = arrived.duration_since(previous);
+        assert!(
+            gap >= quiet,
+            "a request to unit {unit} arrived {gap:?} after the previous answer (< {quiet:?})"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} gaps measured");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
