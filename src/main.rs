@@ -154,9 +154,10 @@ enum ProbeWhat {
         /// Read input registers (FC4) instead of holding registers (FC3)
         #[arg(long)]
         input: bool,
-        /// Registers to read: 1, 2 or 4
-        #[arg(long, default_value_t = 2)]
-        count: u16,
+        /// Registers to read: 1, 2 or 4 [default: 4, then 2 if the meter refuses 4 with
+        /// exception 02]
+        #[arg(long)]
+        count: Option<u16>,
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         timeout: std::time::Duration,
     },

@@ -14,6 +14,7 @@ use crate::modbus::decode::interpretations;
 use crate::modbus::poll::{Link, LinkError, exception_name};
 use crate::modbus::rtu::{RtuLink, SerialSettings};
 use crate::modbus::tcp::TcpLink;
+use tokio_modbus::ExceptionCode;
 
 /// Where to talk Modbus: a TCP endpoint or a serial line.
 #[derive(Debug, Clone)]
@@ -105,43 +106,65 @@ async fn read_with<L: Link>(
         .await
 }
 
+/// `probe modbus`: reads `count` registers (`None`: 4, so the 64-bit types show too, or 2
+/// when the meter refuses 4 with exception 02, e.g. a 32-bit value at the end of its map) and
+/// prints every interpretation.
 pub async fn probe(
     target: Target,
     unit: u8,
     register: u16,
     input: bool,
-    count: u16,
+    count: Option<u16>,
     timeout: Duration,
 ) -> Exit {
-    if ![1, 2, 4].contains(&count) {
+    if count.is_some_and(|c| ![1, 2, 4].contains(&c)) {
         eprintln!("error: --count must be 1, 2 or 4");
         return Exit::Invalid;
     }
     let table = if input { Table::Input } else { Table::Holding };
-    let result = match &target {
-        Target::Tcp(a) => {
-            read_with(
-                &mut TcpLink::new(a.clone(), timeout),
-                unit,
-                table,
-                register,
-                count,
-                timeout,
-            )
-            .await
-        }
-        Target::Serial(s) => {
-            read_with(
-                &mut RtuLink::new(s.clone()),
-                unit,
-                table,
-                register,
-                count,
-                timeout,
-            )
-            .await
+    let read = |count: u16| {
+        let target = &target;
+        async move {
+            match target {
+                Target::Tcp(a) => {
+                    read_with(
+                        &mut TcpLink::new(a.clone(), timeout),
+                        unit,
+                        table,
+                        register,
+                        count,
+                        timeout,
+                    )
+                    .await
+                }
+                Target::Serial(s) => {
+                    read_with(
+                        &mut RtuLink::new(s.clone()),
+                        unit,
+                        table,
+                        register,
+                        count,
+                        timeout,
+                    )
+                    .await
+                }
+            }
         }
     };
+    let mut count = count.unwrap_or(4);
+    let mut result = read(count).await;
+    if count == 4
+        && matches!(
+            result,
+            Err(LinkError::Exception(ExceptionCode::IllegalDataAddress))
+        )
+    {
+        eprintln!(
+            "note: unit {unit} refused 4 registers at 0x{register:04X} (illegal data address); reading 2"
+        );
+        count = 2;
+        result = read(count).await;
+    }
     let words = match result {
         Ok(w) => w,
         Err(e) => {

@@ -503,7 +503,15 @@ async fn probe_and_scan_over_serial_and_tcp() {
     .await
     .expect("join");
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("0x4366 0x199A"), "{out}");
+    // Four registers by default, so the 64-bit types show too.
+    assert!(out.contains("×4 from unit 1"), "{out}");
+    assert!(out.contains("0x4366 0x199A 0x4367 0x3333"), "{out}");
+    for name in ["u64 ABCD", "i64 CDAB", "f64 BADC", "f64 DCBA"] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(name)),
+            "{name} missing:\n{out}"
+        );
+    }
     let f32_abcd = out
         .lines()
         .find(|l| l.trim_start().starts_with("f32 ABCD"))
@@ -539,18 +547,21 @@ async fn probe_and_scan_over_serial_and_tcp() {
     .expect("join");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("unit   7: answers"), "{out}");
-    let (code, out, _) = tokio::task::spawn_blocking(move || {
-        run_cli(s(&[
-            "probe",
-            "modbus",
-            "--tcp",
-            &addr,
-            "--unit",
-            "7",
-            "--register",
-            "70",
-            "--input",
-        ]))
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            run_cli(s(&[
+                "probe",
+                "modbus",
+                "--tcp",
+                &addr,
+                "--unit",
+                "7",
+                "--register",
+                "70",
+                "--input",
+            ]))
+        }
     })
     .await
     .expect("join");
@@ -560,6 +571,33 @@ async fn probe_and_scan_over_serial_and_tcp() {
         .find(|l| l.trim_start().starts_with("f32 ABCD"))
         .expect("f32 line");
     assert!(f.contains("50") && f.contains("mains frequency"), "{f}");
+    // The last value of the meter's map: 4 registers would run past it (exception 02), so
+    // probe says so and reads 2.
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            run_cli(s(&[
+                "probe",
+                "modbus",
+                "--tcp",
+                &addr,
+                "--unit",
+                "7",
+                "--register",
+                "0x0164",
+                "--input",
+            ]))
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("refused 4 registers") && err.contains("reading 2"),
+        "{err}"
+    );
+    assert!(out.contains("×2 from unit 7"), "{out}");
+    assert!(!out.contains("f64"), "{out}");
     // A register the meter does not have: exception by name, exit 1.
     let (code, _, err) = tokio::task::spawn_blocking(move || {
         run_cli(s(&[
