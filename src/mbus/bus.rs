@@ -6,7 +6,9 @@
 //! handling, and a multi-telegram readout while a telegram ends with DIF 0x1F (at most
 //! [`MAX_TELEGRAMS`]). Retries keep the FCB. The first byte of an answer gets the `auto` timeout
 //! (330 bit times + 50 ms, at least 0.5 s), then an inter-byte timeout until the length in the
-//! frame is complete. Echoed request bytes (converters that echo) are skipped: every frame with
+//! frame is complete, and the whole answer an absolute deadline ([`MbusLink::answer_limit`]), so
+//! a line that never stops sending bytes (a shorted bus, a slave at another baud rate) cannot
+//! hold the bus. Echoed request bytes (converters that echo) are skipped: every frame with
 //! the master direction bit is dropped. Frames are parsed and records decoded by the pure
 //! `frame` and `record` modules; this module only moves bytes and keeps FCB state.
 
@@ -26,6 +28,12 @@ use crate::units::{Conversion, Temperature, Transform};
 
 /// The most telegrams of one readout (some meters cycle their storage forever).
 pub const MAX_TELEGRAMS: usize = 16;
+
+/// The longest frame on the wire: a long frame with L = 255.
+const MAX_FRAME: usize = 261;
+
+/// The longest request we send: a secondary select (`68 0B 0B 68 C A CI`, 8 bytes, CS, stop).
+const MAX_REQUEST: usize = 17;
 
 /// What came back after a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,10 +107,19 @@ impl MbusLink {
         (self.char_time() * 20).max(Duration::from_millis(100))
     }
 
-    /// The longest one request and its answer may take: quiet time, the first-byte timeout and
-    /// a full 261-byte telegram at the slowest inter-byte pace.
+    /// The absolute deadline of one answer, from the end of a request of `request_len` bytes to
+    /// the answer's last byte: the first-byte timeout, one inter-byte timeout, and twice the wire
+    /// time of the echoed request and the longest frame (261 characters), because converters
+    /// deliver bytes in bursts. Bytes that have not formed a frame by then are garbage.
+    pub fn answer_limit(&self, request_len: usize) -> Duration {
+        let chars = u32::try_from(2 * (MAX_FRAME + request_len)).unwrap_or(u32::MAX);
+        self.first_byte_timeout() + self.inter_byte_timeout() + self.char_time() * chars
+    }
+
+    /// The longest one request and its answer may take (what [`MbusLink::transact`] enforces):
+    /// quiet time and the answer limit of the longest request.
     pub fn worst_transaction(&self) -> Duration {
-        self.quiet() + self.first_byte_timeout() + self.inter_byte_timeout() * 261
+        self.quiet() + self.answer_limit(MAX_REQUEST)
     }
 
     /// Quiet time kept between an answer and the next request (Gossen: ≥ 10 ms).
@@ -125,8 +142,11 @@ impl MbusLink {
         if let Some(last) = self.last_done {
             tokio::time::sleep_until((last + self.quiet()).into()).await;
         }
-        let first_timeout = self.first_byte_timeout();
-        let inter = self.inter_byte_timeout();
+        let timeouts = Timeouts {
+            first: self.first_byte_timeout(),
+            inter: self.inter_byte_timeout(),
+            limit: self.answer_limit(request.len()),
+        };
         let path = self.settings.path.display().to_string();
         let port = self.port()?;
         let io = async {
@@ -138,7 +158,7 @@ impl MbusLink {
             if !answer {
                 return Ok((Answer::Nothing, 0));
             }
-            receive(port, first_timeout, inter).await
+            receive(port, timeouts).await
         };
         let result = io.await;
         self.last_done = Some(Instant::now());
@@ -164,17 +184,33 @@ impl MbusLink {
     }
 }
 
-/// Reads until one frame from a slave is complete, or the timeouts run out. Returns the answer
-/// and the number of garbage bytes skipped.
-async fn receive(
-    port: &mut SerialStream,
+/// How long [`receive`] waits: for the first byte, between bytes, and for the whole answer.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
     first: Duration,
     inter: Duration,
-) -> std::io::Result<(Answer, usize)> {
+    limit: Duration,
+}
+
+/// What is left when the waiting ends without a frame: garbage if any byte came, else nothing.
+fn give_up(leftover: usize, garbage: usize) -> (Answer, usize) {
+    let skipped = garbage + leftover;
+    if skipped > 0 {
+        (Answer::Garbled(skipped), skipped)
+    } else {
+        (Answer::Nothing, 0)
+    }
+}
+
+/// Reads until one frame from a slave is complete, or a timeout runs out: the first-byte
+/// timeout before the answer begins, the inter-byte timeout within it, and `limit` for the whole
+/// answer whatever keeps arriving. Returns the answer and the number of garbage bytes skipped.
+async fn receive(port: &mut SerialStream, t: Timeouts) -> std::io::Result<(Answer, usize)> {
     let mut buf: Vec<u8> = Vec::new();
     let mut garbage = 0usize;
     let mut got_any = false;
     let started = Instant::now();
+    let deadline = started + t.limit;
     let mut chunk = [0u8; 512];
     loop {
         // Take every complete frame out of the buffer.
@@ -201,21 +237,20 @@ async fn receive(
             }
         }
         let wait = if got_any {
-            inter
+            t.inter
         } else {
-            match first.checked_sub(started.elapsed()) {
+            match t.first.checked_sub(started.elapsed()) {
                 Some(w) => w,
-                None => return Ok((Answer::Nothing, garbage)),
+                None => return Ok(give_up(buf.len(), garbage)),
             }
         };
+        // A line that keeps sending bytes never lets the other timeouts run out.
+        let wait = match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => wait.min(left),
+            _ => return Ok(give_up(buf.len(), garbage)),
+        };
         match tokio::time::timeout(wait, port.read(&mut chunk)).await {
-            Err(_) => {
-                let leftover = buf.len();
-                if leftover > 0 || garbage > 0 {
-                    return Ok((Answer::Garbled(garbage + leftover), garbage + leftover));
-                }
-                return Ok((Answer::Nothing, garbage));
-            }
+            Err(_) => return Ok(give_up(buf.len(), garbage)),
             Ok(Ok(0)) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::BrokenPipe,
@@ -306,21 +341,29 @@ impl MbusMeterPoller {
 
     /// Sends a request, retrying (same bytes, so the same FCB) when nothing valid comes back.
     /// `ack` says whether an `E5` is the expected answer; when a data telegram is expected, a
-    /// stray `E5` (a late acknowledgement of an earlier request) is not an answer.
+    /// stray `E5` (a late acknowledgement of an earlier request) is not an answer. When no
+    /// attempt gets a frame: a timeout, or a protocol error if some attempt got garbage.
     async fn request(
         &self,
         link: &mut MbusLink,
         bytes: &[u8],
         ack: bool,
-    ) -> Result<Option<Frame>, LinkError> {
+    ) -> Result<Frame, LinkError> {
+        let mut garbled = None;
         for _ in 0..=self.retries {
             match link.transact(bytes, true).await? {
                 Answer::Frame(Frame::Ack) if !ack => {}
-                Answer::Frame(f) => return Ok(Some(f)),
-                _ => {}
+                Answer::Frame(f) => return Ok(f),
+                Answer::Garbled(n) => garbled = Some(n),
+                Answer::Nothing => {}
             }
         }
-        Ok(None)
+        Err(match garbled {
+            Some(n) => LinkError::Protocol(format!(
+                "garbled answer: {n} bytes that are not a frame (noise on the line, a wrong baud rate, or several meters answering)"
+            )),
+            None => LinkError::Timeout,
+        })
     }
 
     /// Reads the meter once: SND_NKE when needed, select, REQ_UD2 until the last telegram.
@@ -346,25 +389,21 @@ impl MbusMeterPoller {
                 .request(link, &frame::select(&mask, true), true)
                 .await?
             {
-                Some(Frame::Ack) => {}
-                Some(other) => {
+                Frame::Ack => {}
+                other => {
                     return Err(LinkError::Protocol(format!(
                         "select of {mask} answered with {other:?} instead of E5"
                     )));
                 }
-                None => return Err(LinkError::Timeout),
             }
         }
         let mut records: Vec<Record> = Vec::new();
         let mut header = None;
         let mut telegrams = 0;
         for _ in 0..MAX_TELEGRAMS {
-            let Some(f) = self
+            let f = self
                 .request(link, &frame::req_ud2(addr, self.fcb), false)
-                .await?
-            else {
-                return Err(LinkError::Timeout);
-            };
+                .await?;
             let response = record::decode(&f).map_err(|e| LinkError::Protocol(e.to_string()))?;
             // The exchange succeeded: the next request is a new one.
             self.fcb = !self.fcb;
@@ -712,6 +751,20 @@ mod tests {
         let slow = MbusLink::with("/dev/null".into(), 300, MbusTimeout::Auto);
         assert_eq!(slow.first_byte_timeout(), Duration::from_millis(1150));
         assert_eq!(slow.inter_byte_timeout(), Duration::from_micros(733_320));
+        // The whole answer: first byte, one inter-byte pause, twice the wire time of the echoed
+        // request and a 261-byte frame (4583 µs a character at 2400 baud).
+        assert_eq!(
+            l.answer_limit(5),
+            Duration::from_micros(600_000 + 532 * 4583)
+        );
+        assert_eq!(
+            l.worst_transaction(),
+            Duration::from_micros(4 * 4583 + 600_000 + 556 * 4583)
+        );
+        assert_eq!(
+            slow.answer_limit(17),
+            Duration::from_micros(1_150_000 + 733_320 + 556 * 36_666)
+        );
         let fixed = MbusLink::with(
             "/dev/null".into(),
             9600,

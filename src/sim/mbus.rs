@@ -34,6 +34,11 @@ use super::rtu::LineTiming;
 /// for a frame that never completes and swallow the next real telegrams.
 const PARTIAL_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// Noise ([`SimMbus::set_noise`]) goes out as chunks of this many bytes, one every
+/// [`NOISE_PERIOD`] (3200 bytes a second, whatever the line's timing).
+const NOISE_CHUNK: usize = 16;
+const NOISE_PERIOD: Duration = Duration::from_millis(5);
+
 /// How many decoded requests [`SimMbus::requests`] keeps (the newest), so a long `demo` does not
 /// grow without bound.
 const REQUEST_LOG: usize = 10_000;
@@ -265,6 +270,9 @@ pub enum RequestKind {
 ///
 /// **Absent** slaves hear nothing: they neither answer nor change state.
 ///
+/// **Noise** ([`SimMbus::set_noise`]): while it is on, the line carries one byte value over and
+/// over whenever it is not busy answering; the slaves still hear and answer telegrams.
+///
 /// **Wire time** ([`MbusLineOptions::timing`]): every chunk of bytes read from the master is
 /// taken to have just crossed the wire (its frame time passes before it is echoed or parsed),
 /// then an answer is written `latency + reply delay + frame time of the answer` later.
@@ -312,6 +320,7 @@ impl SimMbus {
                 requests: VecDeque::new(),
             }),
             received: watch::Sender::new(0),
+            noise: watch::Sender::new(None),
             stop: stop.clone(),
             tasks: tasks.clone(),
         });
@@ -369,6 +378,13 @@ impl SimMbus {
             .with_slaves(primary, |slave| slave.reply_delay = delay);
     }
 
+    /// With `Some(byte)`, the line carries `byte` continuously, between and after the slaves'
+    /// answers, until `set_noise(None)`: a shorted bus reads as a stream of `00`, a slave at
+    /// another baud rate as junk. 16 bytes go out every 5 ms.
+    pub fn set_noise(&self, byte: Option<u8>) {
+        self.line.noise.send_replace(byte);
+    }
+
     /// Unplugs the converter: closes the master end (and everything else of the line) and waits
     /// until it is gone. A daemon holding the port open then fails at once: a read with end of
     /// file or EIO, a write with EIO.
@@ -386,6 +402,8 @@ struct Line {
     bus: Mutex<Bus>,
     /// Telegrams received in all (the log keeps only the newest).
     received: watch::Sender<u64>,
+    /// The byte the line carries continuously, if any ([`SimMbus::set_noise`]).
+    noise: watch::Sender<Option<u8>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -851,24 +869,31 @@ async fn run(line: Arc<Line>, mut master: SerialStream, held: File) {
     drop(held);
 }
 
-/// Reads the master's bytes, echoes them, and answers each telegram in turn; never returns.
+/// Reads the master's bytes, echoes them, and answers each telegram in turn, with noise in
+/// between while [`SimMbus::set_noise`] says so; never returns.
 async fn serve(line: &Line, master: &mut SerialStream) {
     let mut chunk = [0u8; 512];
     let mut pending = Vec::new();
+    // When the partial telegram in `pending` is dropped: PARTIAL_TIMEOUT after its last byte.
+    let mut partial_until: Option<tokio::time::Instant> = None;
+    let mut noise = line.noise.subscribe();
     loop {
-        let read = if pending.is_empty() {
-            master.read(&mut chunk).await
-        } else {
-            match tokio::time::timeout(PARTIAL_TIMEOUT, master.read(&mut chunk)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    tracing::debug!(
-                        bytes = pending.len(),
-                        "simulated M-Bus: partial telegram dropped"
-                    );
-                    pending.clear();
-                    continue;
+        let read = tokio::select! {
+            read = master.read(&mut chunk) => read,
+            () = sleep_until(partial_until) => {
+                tracing::debug!(
+                    bytes = pending.len(),
+                    "simulated M-Bus: partial telegram dropped"
+                );
+                pending.clear();
+                partial_until = None;
+                continue;
+            }
+            byte = next_noise(&mut noise) => {
+                if let Err(error) = master.write_all(&[byte; NOISE_CHUNK]).await {
+                    tracing::debug!(%error, "simulated M-Bus: writing noise failed");
                 }
+                continue;
             }
         };
         let bytes = match read {
@@ -891,6 +916,37 @@ async fn serve(line: &Line, master: &mut SerialStream) {
         while let Some(telegram) = next_telegram(&mut pending) {
             let replies = line.receive(telegram);
             line.answer(master, replies).await;
+        }
+        partial_until =
+            (!pending.is_empty()).then(|| tokio::time::Instant::now() + PARTIAL_TIMEOUT);
+    }
+}
+
+/// Sleeps until `at`; forever without it.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The byte of the next noise chunk, [`NOISE_PERIOD`] after the last one, once noise is on.
+async fn next_noise(noise: &mut watch::Receiver<Option<u8>>) -> u8 {
+    loop {
+        let current = *noise.borrow_and_update();
+        match current {
+            Some(_) => {
+                tokio::time::sleep(NOISE_PERIOD).await;
+                if let Some(byte) = *noise.borrow() {
+                    return byte;
+                }
+            }
+            None => {
+                if noise.changed().await.is_err() {
+                    // The line is going away: no more noise.
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
 }
@@ -1374,6 +1430,42 @@ mod tests {
         // Junk and telegrams nobody answers are echoed too, and nothing else comes.
         port.write_all(&hex("00 FF 10 40 09 49 16")).await.unwrap();
         assert_eq!(read_n(&mut port, 7).await, hex("00 FF 10 40 09 49 16"));
+        silence(&mut port).await;
+        bus.close().await;
+    }
+
+    #[tokio::test]
+    async fn noise_streams_until_it_is_switched_off() {
+        let (bus, mut port) = start(vec![SimSlave::heat_meter(5, 12_345_678)]).await;
+        bus.set_noise(Some(0x00));
+        // Far more than one chunk: it keeps coming.
+        assert_eq!(
+            read_n(&mut port, 20 * NOISE_CHUNK).await,
+            [0x00; 20 * NOISE_CHUNK]
+        );
+        // The slaves still answer, amid the noise.
+        port.write_all(&hex(SND_NKE_5)).await.unwrap();
+        let mut seen = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            while !seen.contains(&0xE5) {
+                seen.extend(read_n(&mut port, 1).await);
+            }
+        })
+        .await
+        .expect("the acknowledgement comes");
+        assert!(seen.iter().all(|&b| b == 0x00 || b == 0xE5), "{seen:02X?}");
+        bus.set_noise(None);
+        // At most one chunk was on its way; then silence, and a clean answer.
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, async {
+            while tokio::time::timeout(QUIET, port.read(&mut byte))
+                .await
+                .is_ok()
+            {}
+        })
+        .await
+        .expect("the noise stops");
+        assert_eq!(exchange(&mut port, &hex(SND_NKE_5)).await, [0xE5]);
         silence(&mut port).await;
         bus.close().await;
     }

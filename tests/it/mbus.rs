@@ -7,8 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use enectiva_collector::app;
+use enectiva_collector::bus::{BusMeter, Line};
 use enectiva_collector::config::{Config, MbusAddress, MbusMeter, MbusTimeout, SecondaryAddress};
-use enectiva_collector::mbus::bus::{MbusLink, MbusMeterPoller};
+use enectiva_collector::mbus::bus::{Answer, MbusLink, MbusMeterPoller};
+use enectiva_collector::mbus::frame;
 use enectiva_collector::queue::QueueOptions;
 use enectiva_collector::sender::SenderSettings;
 use enectiva_collector::sim::api::{Accepted, StandIn};
@@ -189,6 +191,52 @@ async fn echoing_converter_slow_meter_and_absent_meter() {
     let t = Instant::now();
     first.readout(&mut l).await.expect("after the absent one");
     assert!(t.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_that_keeps_sending_noise_does_not_hold_the_master() {
+    // A shorted bus: a stream of 00 bytes, and the meter cannot be heard through it.
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678)],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    sim.set_absent(5, true);
+    sim.set_noise(Some(0x00));
+    let mut l = MbusLink::with(
+        sim.path(),
+        9600,
+        MbusTimeout::Fixed(Duration::from_millis(300)),
+    );
+    // One request: the bytes keep coming, so neither the first-byte nor the inter-byte timeout
+    // ever runs out; the answer's deadline ends it.
+    let t = Instant::now();
+    let answer = tokio::time::timeout(LONG, l.transact(&frame::req_ud2(5, true), true))
+        .await
+        .expect("the master gave up")
+        .expect("the line works");
+    let took = t.elapsed();
+    assert!(matches!(answer, Answer::Garbled(n) if n > 0), "{answer:?}");
+    assert!(
+        took >= l.answer_limit(5) && took < l.worst_transaction() + Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(l.line_errors().garbage_bytes > 0);
+    // A whole readout fails with a clear error within the bound the bus promises its watchdog.
+    let mut p = MbusMeterPoller::new(meter("shorted", MbusAddress::Primary(5)), 1);
+    let t = Instant::now();
+    let e = tokio::time::timeout(LONG, p.readout(&mut l))
+        .await
+        .expect("the readout gave up")
+        .expect_err("no readout through noise");
+    assert!(e.to_string().contains("garbled"), "{e}");
+    assert!(t.elapsed() < p.max_duration(&l), "{:?}", t.elapsed());
+    // The short is gone: the meter is read again.
+    sim.set_noise(None);
+    sim.set_absent(5, false);
+    let r = p.readout(&mut l).await.expect("after the noise");
+    assert_eq!(r.header.id, "12345678");
 }
 
 fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
