@@ -548,38 +548,62 @@ pub struct Found {
     pub address: u8,
 }
 
+/// What answered REQ_UD2 at an address during a scan.
+#[derive(Debug)]
+enum Identity {
+    Meter(Header, u8),
+    /// Only garbage came back (overlapping answers of several meters, or noise).
+    Garbled,
+    /// Nothing, or a telegram that is no data telegram.
+    Nothing,
+}
+
 /// Reads the header of whatever answers REQ_UD2 at `addr`.
-async fn identify(
-    link: &mut MbusLink,
-    addr: u8,
-    retries: u32,
-) -> Result<Option<(Header, u8)>, LinkError> {
+async fn identify(link: &mut MbusLink, addr: u8, retries: u32) -> Result<Identity, LinkError> {
+    let mut garbled = false;
     for _ in 0..=retries {
-        if let Answer::Frame(f) = link.transact(&frame::req_ud2(addr, true), true).await? {
-            if f == Frame::Ack {
-                // A late acknowledgement, not the data telegram asked for.
-                continue;
+        match link.transact(&frame::req_ud2(addr, true), true).await? {
+            // A late acknowledgement, not the data telegram asked for.
+            Answer::Frame(Frame::Ack) => {}
+            Answer::Frame(f) => {
+                return Ok(match record::decode(&f) {
+                    Ok(Response::Data(t)) => Identity::Meter(t.header, t.address),
+                    _ => Identity::Nothing,
+                });
             }
-            return Ok(match record::decode(&f) {
-                Ok(Response::Data(t)) => Some((t.header, t.address)),
-                _ => None,
-            });
+            Answer::Garbled(_) => garbled = true,
+            Answer::Nothing => {}
         }
     }
-    Ok(None)
+    Ok(if garbled {
+        Identity::Garbled
+    } else {
+        Identity::Nothing
+    })
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub found: Vec<Found>,
+    /// Addresses where only garbled answers came back: several meters share the address.
+    pub collisions: Vec<u8>,
 }
 
 /// Primary scan: SND_NKE to each address; those that acknowledge are read for their header.
+/// An address where the answers overlap (several meters with that primary address) is listed
+/// in [`ScanReport::collisions`]: it needs fixing, and no header can be read through it.
 pub async fn scan_primary(
     link: &mut MbusLink,
     addresses: impl IntoIterator<Item = u8>,
     retries: u32,
     mut progress: impl FnMut(u8, usize),
-) -> Result<Vec<Found>, LinkError> {
-    let mut found = Vec::new();
+) -> Result<ScanReport, LinkError> {
+    let mut scan = ScanReport::default();
     for a in addresses {
-        progress(a, found.len());
+        progress(a, scan.found.len());
         let mut acked = false;
+        let mut garbled = false;
         for _ in 0..=retries {
             match link.transact(&frame::snd_nke(a), true).await? {
                 Answer::Frame(Frame::Ack) => {
@@ -587,25 +611,28 @@ pub async fn scan_primary(
                     break;
                 }
                 Answer::Garbled(_) => {
-                    // Two slaves with the same primary address: report it, it needs fixing.
-                    acked = true;
+                    // Overlapping E5s of several meters, most likely: read on to tell.
+                    garbled = true;
                     break;
                 }
                 _ => {}
             }
         }
-        if !acked {
+        if !acked && !garbled {
             continue;
         }
-        if let Some((header, address)) = identify(link, a, retries).await? {
-            found.push(Found {
+        match identify(link, a, retries).await? {
+            Identity::Meter(header, address) => scan.found.push(Found {
                 primary: Some(a),
                 header,
                 address,
-            });
+            }),
+            Identity::Garbled => scan.collisions.push(a),
+            Identity::Nothing if garbled => scan.collisions.push(a),
+            Identity::Nothing => {}
         }
     }
-    Ok(found)
+    Ok(scan)
 }
 
 /// Secondary wildcard search (collision-driven tree search over the identification digits,
@@ -641,7 +668,7 @@ pub async fn scan_secondary(
             match answer {
                 Answer::Nothing => {}
                 Answer::Frame(Frame::Ack) => {
-                    if let Some((header, address)) =
+                    if let Identity::Meter(header, address) =
                         identify(link, ADDRESS_SELECTED, retries).await?
                     {
                         if !found.iter().any(|f: &Found| f.header == header) {

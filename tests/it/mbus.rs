@@ -240,6 +240,14 @@ async fn a_line_that_keeps_sending_noise_does_not_hold_the_master() {
 }
 
 fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
+    run_scan_addresses(port, secondary, "0-12")
+}
+
+fn run_scan_addresses(
+    port: &Path,
+    secondary: bool,
+    addresses: &str,
+) -> (Option<i32>, String, String) {
     let mut args = vec![
         "scan",
         "mbus",
@@ -253,7 +261,7 @@ fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
     if secondary {
         args.push("--secondary");
     } else {
-        args.extend(["--addresses", "0-12"]);
+        args.extend(["--addresses", addresses]);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
         .args(&args)
@@ -310,6 +318,53 @@ async fn scan_finds_every_meter_by_primary_and_by_secondary_search() {
         3,
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_scan_reports_meters_that_share_an_address() {
+    // Two meters left at primary address 4: their answers overlap on the line.
+    let sim = SimMbus::start(
+        vec![
+            SimSlave::heat_meter(4, 11111111),
+            SimSlave::heat_meter(4, 22222222),
+            SimSlave::heat_meter(6, 33333333),
+        ],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let path = sim.path();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let p = path.clone();
+        move || run_scan_addresses(&p, false, "0-8")
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("address   4: several meters answer (collision)")
+                && l.contains("distinct primary addresses")
+                && l.contains("secondary addressing")
+        ),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("address   6:") && l.contains("33333333")),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    // Both were asked: the simulator saw a SND_NKE and REQ_UD2s to 4.
+    assert!(sim.readouts(4) >= 2, "{}", sim.readouts(4));
+    // What the message advises works: the secondary search tells them apart.
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_scan(&path, true))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{out}{err}");
+    for id in ["11111111", "22222222", "33333333"] {
+        assert!(out.contains(id), "{id} missing:\n{out}");
+    }
 }
 
 fn series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
