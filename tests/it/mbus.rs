@@ -367,6 +367,109 @@ async fn primary_scan_reports_meters_that_share_an_address() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_lists_every_record_and_names_the_candidates_of_a_channel_without_value() {
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678)],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[api]
+customer_id = "{CUSTOMER}"
+[queue]
+path = "{}"
+[[mbus]]
+name = "heat-bus"
+port = "{}"
+baud = 2400
+  [[mbus.meter]]
+  name = "flat-12"
+  address = 5
+  channels = [
+    {{ quantity = "energy", import_id = "HEAT_12", unit = "kWh" }},
+    {{ quantity = "energy", storage = 2, import_id = "HEAT_12_DUE2", unit = "kWh" }},
+    {{ quantity = "pressure", import_id = "HEAT_12_P", kind = "data_point" }},
+  ]
+"#,
+            dir.path().join("queue.db").display(),
+            sim.path().display()
+        ),
+    )
+    .expect("config");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_enectiva-collector"))
+            .args(["-c", config.to_str().expect("utf8"), "read"])
+            .output()
+            .expect("read")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("heat-bus/flat-12 (M-Bus address 5 at ")
+            && stdout.contains("id 12345678, KAM, heat_outlet, 1 telegram(s)"),
+        "{stdout}"
+    );
+    // Every record of the readout, in order, between `records:` and `channels:`.
+    let records: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| l.trim() != "records:")
+        .skip(1)
+        .take_while(|l| l.trim() != "channels:")
+        .map(str::trim)
+        .collect();
+    let expected = [
+        "energy storage 0 tariff 0 subunit 0 instantaneous = 12345000 Wh",
+        "volume storage 0 tariff 0 subunit 0 instantaneous = 6543.21 m3",
+        "power storage 0 tariff 0 subunit 0 instantaneous = 1250 W",
+        "flow_temperature storage 0 tariff 0 subunit 0 instantaneous = 63.5 °C",
+        "return_temperature storage 0 tariff 0 subunit 0 instantaneous = 41.2 °C",
+        "temperature_difference storage 0 tariff 0 subunit 0 instantaneous = 22.3 K",
+        "energy storage 1 tariff 0 subunit 0 instantaneous = 10000000 Wh",
+        "fabrication_number storage 0 tariff 0 subunit 0 instantaneous = 12345678",
+    ];
+    let expected: Vec<String> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("record {i}: {r}"))
+        .collect();
+    assert_eq!(records, expected, "{stdout}");
+    let channel = |id: &str| {
+        stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&format!("{id}: ")) || l.ends_with(&format!("{id} (record 0)")))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{stdout}"))
+            .to_owned()
+    };
+    assert_eq!(channel("HEAT_12"), "12345 kWh → reading HEAT_12 (record 0)");
+    // Storage 2 does not exist: the line names the energy records there are.
+    assert_eq!(
+        channel("HEAT_12_DUE2"),
+        format!(
+            "HEAT_12_DUE2: NO VALUE: no record is energy storage 2 tariff 0 subunit 0 instantaneous; \
+             records with that quantity: {}; {}",
+            expected[0], expected[6]
+        )
+    );
+    // No pressure at all: the line names the quantities there are.
+    assert_eq!(
+        channel("HEAT_12_P"),
+        "HEAT_12_P: NO VALUE: no record is pressure storage 0 tariff 0 subunit 0 instantaneous; \
+         the readout has no such quantity; quantities in this readout: energy, fabrication_number, \
+         flow_temperature, power, return_temperature, temperature_difference, volume"
+    );
+    // `read` reads; it queues and sends nothing.
+    assert!(!dir.path().join("queue.db").exists());
+}
+
 fn series<'a>(acc: &'a [Accepted], id: &str) -> Vec<&'a Accepted> {
     acc.iter().filter(|a| a.import_id == id).collect()
 }
