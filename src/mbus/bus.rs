@@ -469,10 +469,11 @@ impl MbusMeterPoller {
             Temperature::Absolute
         };
         let to = ch.output.unit.clone().unwrap_or_else(|| rec.unit.clone());
+        // Config checks cannot catch this for `record = N`: the record is known only now.
         let conversion = Conversion::between(&rec.unit, &to, temperature).map_err(|e| {
             format!(
-                "record {} ({} in {}): {e}",
-                rec.index, rec.quantity, rec.unit
+                "meter \"{}\", record {} ({} in {}): {e}",
+                self.meter.name, rec.index, rec.quantity, rec.unit
             )
         })?;
         let transform = Transform {
@@ -722,7 +723,7 @@ mod tests {
 
     fn poller(channels: &str) -> MbusMeterPoller {
         let text = format!(
-            "[api]\ncustomer_id = \"0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11\"\n[[mbus]]\nname = \"b\"\nport = \"/dev/ttyUSB7\"\n  [[mbus.meter]]\n  name = \"m\"\n  address = 5\n  channels = [ {channels} ]\n"
+            "[api]\ncustomer_id = \"0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11\"\n[[mbus]]\nname = \"b\"\nport = \"/dev/ttyUSB7\"\n  [[mbus.meter]]\n  name = \"flat-7\"\n  address = 5\n  channels = [ {channels} ]\n"
         );
         let c =
             Config::parse(&text, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
@@ -769,6 +770,27 @@ mod tests {
         );
         let e = p.channel_value(1, &recs).expect_err("not found");
         assert!(e.contains("power"), "{e}");
+    }
+
+    #[test]
+    fn an_incompatible_unit_names_the_meter_and_the_record() {
+        let recs = records();
+        let p = poller(
+            r#"{ record = 1, import_id = "V", unit = "kWh" },
+               { record = 3, import_id = "T", unit = "m3", kind = "data_point" }"#,
+        );
+        assert_eq!(
+            p.channel_value(0, &recs).map(|(s, _)| s.value),
+            Err(
+                "meter \"flat-7\", record 1 (volume in m3): cannot convert \"m3\" (volume) to \"kWh\" (energy): they measure different things"
+                    .to_owned()
+            )
+        );
+        let e = p.channel_value(1, &recs).expect_err("°C is no volume");
+        assert!(
+            e.starts_with("meter \"flat-7\", record 3 (flow_temperature in °C): "),
+            "{e}"
+        );
     }
 
     #[test]
