@@ -69,7 +69,8 @@ pub struct MbusLineOptions {
     /// converters and optical heads do (mbus.md §3). Junk and corrupted telegrams are echoed too.
     pub echo: bool,
     /// `(baud, latency)`: bytes take 11 bit times each on the wire (8E1), and a slave starts
-    /// answering `latency` after the master's telegram ended. Without it everything is instant.
+    /// answering `latency` after the master's telegram ended; its answer arrives byte by byte.
+    /// Without it everything is instant.
     pub timing: Option<(u32, Duration)>,
 }
 
@@ -274,8 +275,11 @@ pub enum RequestKind {
 /// over whenever it is not busy answering; the slaves still hear and answer telegrams.
 ///
 /// **Wire time** ([`MbusLineOptions::timing`]): every chunk of bytes read from the master is
-/// taken to have just crossed the wire (its frame time passes before it is echoed or parsed),
-/// then an answer is written `latency + reply delay + frame time of the answer` later.
+/// taken to have just crossed the wire (its frame time passes before it is echoed or parsed);
+/// an answer starts `latency + reply delay` later and crosses the wire a character at a time:
+/// each byte is written once its last bit would be in, so the master sees the answer trickle in
+/// (its inter-byte timeout at work) and has the last byte `latency + reply delay + frame time of
+/// the answer` after the telegram.
 #[derive(Clone)]
 pub struct SimMbus {
     line: Arc<Line>,
@@ -472,17 +476,19 @@ impl Line {
             [one] => one.bytes.clone(),
             _ => superimpose(replies.iter().map(|reply| reply.bytes.as_slice())),
         };
-        let wait = match self.timing {
-            Some(t) => t
-                .latency
-                .saturating_add(delay)
-                .saturating_add(t.frame_time(bytes.len())),
-            None => delay,
+        let written = match self.timing {
+            Some(t) => {
+                let start = tokio::time::Instant::now() + t.latency.saturating_add(delay);
+                write_paced(master, &bytes, t, start).await
+            }
+            None => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                master.write_all(&bytes).await
+            }
         };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        if let Err(error) = master.write_all(&bytes).await {
+        if let Err(error) = written {
             // Lost, as on a line nobody listens to; not counted.
             tracing::debug!(%error, "simulated M-Bus: writing an answer failed");
             return;
@@ -494,6 +500,31 @@ impl Line {
             }
         }
     }
+}
+
+/// Writes `bytes` as they would cross the wire from `start` on: byte `k` (from 1) once its last
+/// bit is in, `start + frame_time(k)`. Whatever is due goes out together, so a late wake-up
+/// catches up instead of stretching the answer.
+async fn write_paced(
+    master: &mut SerialStream,
+    bytes: &[u8],
+    timing: LineTiming,
+    start: tokio::time::Instant,
+) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        tokio::time::sleep_until(start + timing.frame_time(sent + 1)).await;
+        let now = tokio::time::Instant::now();
+        let mut due = sent + 1;
+        while due < bytes.len() && start + timing.frame_time(due + 1) <= now {
+            due += 1;
+        }
+        master
+            .write_all(bytes.get(sent..due).unwrap_or_default())
+            .await?;
+        sent = due;
+    }
+    Ok(())
 }
 
 /// One slave's answer to one telegram.
@@ -1579,6 +1610,31 @@ mod tests {
         let minimum = char_time * (5 + 62) + Duration::from_millis(20);
         assert!(answered >= minimum, "{answered:?} < {minimum:?}");
         assert!(answered < minimum + Duration::from_secs(2), "{answered:?}");
+        bus.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_trickles_in_a_character_at_a_time() {
+        // 300 baud: 36.7 ms a character, 2.27 s for the heat meter's 62 bytes.
+        let bus = SimMbus::start(
+            vec![SimSlave::heat_meter(5, 12_345_678)],
+            MbusLineOptions {
+                echo: false,
+                timing: Some((300, Duration::ZERO)),
+            },
+        )
+        .await
+        .unwrap();
+        let mut port = open(&bus);
+        port.write_all(&hex(REQ_UD2_5_FCB1)).await.unwrap();
+        let mut answer = read_n(&mut port, 1).await;
+        let first = Instant::now();
+        answer.extend(read_n(&mut port, 61).await);
+        let span = first.elapsed();
+        assert_eq!(answer, hex(HEAT_METER_5));
+        // Written all at once, the bytes would arrive together; paced, the last one comes about
+        // 61 characters (2.2 s) after the first. Only a stall of over a second could hide that.
+        assert!(span >= Duration::from_secs(1), "{span:?}");
         bus.close().await;
     }
 

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use enectiva_collector::app;
-use enectiva_collector::bus::{BusMeter, Line};
+use enectiva_collector::bus::{BusMeter, Line, LinkError};
 use enectiva_collector::config::{Config, MbusAddress, MbusMeter, MbusTimeout, SecondaryAddress};
 use enectiva_collector::mbus::bus::{Answer, MbusLink, MbusMeterPoller};
 use enectiva_collector::mbus::frame;
@@ -237,6 +237,173 @@ async fn a_line_that_keeps_sending_noise_does_not_hold_the_master() {
     sim.set_absent(5, false);
     let r = p.readout(&mut l).await.expect("after the noise");
     assert_eq!(r.header.id, "12345678");
+}
+
+/// The telegrams the simulated line received for `address`, from the `from`-th on.
+fn kinds_to(sim: &SimMbus, address: u8, from: usize) -> Vec<RequestKind> {
+    sim.requests()
+        .into_iter()
+        .skip(from)
+        .filter(|q| q.address == address)
+        .map(|q| q.kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_resends_the_same_request_with_the_same_fcb() {
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678)],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Fixed(Duration::from_millis(300)));
+    let mut p = MbusMeterPoller::new(meter("flat", MbusAddress::Primary(5)), 3);
+    let r = p.readout(&mut l).await.expect("first readout");
+    assert_eq!(quantity_value(&r.records, "energy", 0), Some(12_345_000.0));
+    // The meter misses the next request (it hears nothing); it is back for the retry.
+    sim.set_absent(5, true);
+    let before = sim.requests().len();
+    let back = tokio::spawn({
+        let sim = sim.clone();
+        async move {
+            // A request is logged before the slaves react, under the same lock: the first
+            // attempt goes unheard whatever happens here.
+            let heard = sim.wait_requests(before as u64 + 1, LONG).await;
+            sim.set_absent(5, false);
+            heard
+        }
+    });
+    let r = p.readout(&mut l).await.expect("a retry is answered");
+    assert!(back.await.expect("join"), "the first attempt never came");
+    // Every attempt is the same telegram, `10 5B 05 60 16`: REQ_UD2 with the FCB of this
+    // exchange (0: the first readout used 1), never toggled by a retry.
+    let kinds = kinds_to(&sim, 5, before);
+    assert!(kinds.len() >= 2, "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .all(|k| *k == RequestKind::ReqUd2 { fcb: false }),
+        "{kinds:?}"
+    );
+    // So the meter took the retry for the next readout (had the retry toggled the FCB back to 1,
+    // it would have repeated its last telegram: 12345 kWh again).
+    assert_eq!(quantity_value(&r.records, "energy", 0), Some(12_346_000.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snd_nke_is_sent_again_after_a_failed_readout() {
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678)],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Fixed(Duration::from_millis(300)));
+    let mut p = MbusMeterPoller::new(meter("flat", MbusAddress::Primary(5)), 1);
+    p.readout(&mut l).await.expect("first readout");
+    p.readout(&mut l).await.expect("second readout");
+    assert_eq!(
+        kinds_to(&sim, 5, 0),
+        [
+            RequestKind::SndNke,
+            RequestKind::ReqUd2 { fcb: true },
+            RequestKind::ReqUd2 { fcb: false },
+        ],
+        "SND_NKE on first contact only"
+    );
+    sim.set_absent(5, true);
+    let before = sim.requests().len();
+    let e = p.readout(&mut l).await.expect_err("the meter is away");
+    assert!(matches!(e, LinkError::Timeout), "{e}");
+    assert_eq!(
+        kinds_to(&sim, 5, before),
+        [
+            RequestKind::ReqUd2 { fcb: true },
+            RequestKind::ReqUd2 { fcb: true }
+        ],
+        "one attempt and one retry, same FCB"
+    );
+    sim.set_absent(5, false);
+    let before = sim.requests().len();
+    p.readout(&mut l).await.expect("back");
+    assert_eq!(
+        kinds_to(&sim, 5, before),
+        [RequestKind::SndNke, RequestKind::ReqUd2 { fcb: true }],
+        "after a failure: SND_NKE, and the FCB starts anew"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_select_is_sent_before_each_secondary_readout() {
+    let sim = SimMbus::start(
+        vec![
+            SimSlave::heat_meter(5, 12345678),
+            SimSlave::heat_meter(7, 87654321),
+        ],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Fixed(Duration::from_millis(300)));
+    let mut p = MbusMeterPoller::new(meter("by-id", secondary("87654321")), 1);
+    // Another meter is read in between, as on a real bus; whatever happened on the line since,
+    // each secondary readout selects its meter again.
+    let mut other = MbusMeterPoller::new(meter("other", MbusAddress::Primary(5)), 1);
+    for _ in 0..2 {
+        let r = p.readout(&mut l).await.expect("secondary readout");
+        assert_eq!((r.address, r.header.id.as_str()), (7, "87654321"));
+        other.readout(&mut l).await.expect("primary readout");
+    }
+    let select = RequestKind::Select {
+        mask: [0x21, 0x43, 0x65, 0x87, 0xFF, 0xFF, 0xFF, 0xFF],
+    };
+    assert_eq!(
+        kinds_to(&sim, 0xFD, 0),
+        [
+            RequestKind::SndNke,
+            select.clone(),
+            RequestKind::ReqUd2 { fcb: true },
+            select,
+            RequestKind::ReqUd2 { fcb: false },
+        ]
+    );
+    assert_eq!(sim.readouts(7), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_line_is_read_with_the_auto_timeouts() {
+    // 300 baud: the heat meter's 62-byte answer takes 2.27 s on the wire, twice the first-byte
+    // timeout (1.15 s); only the inter-byte timeout (0.73 s) carries the master through it.
+    let sim = SimMbus::start(
+        vec![SimSlave::heat_meter(5, 12345678)],
+        MbusLineOptions {
+            echo: false,
+            timing: Some((300, Duration::from_millis(20))),
+        },
+    )
+    .await
+    .expect("sim");
+    let mut l = MbusLink::with(sim.path(), 300, MbusTimeout::Auto);
+    let wire_time = Duration::from_micros(36_667) * 62;
+    assert!(wire_time > l.first_byte_timeout());
+    let mut p = MbusMeterPoller::new(meter("slow", MbusAddress::Primary(5)), 0);
+    let t = Instant::now();
+    let r = p.readout(&mut l).await.expect("slow readout");
+    assert!(t.elapsed() >= wire_time, "{:?}", t.elapsed());
+    assert_eq!(r.header.id, "12345678");
+    assert_eq!(quantity_value(&r.records, "energy", 0), Some(12_345_000.0));
+    assert_eq!(quantity_value(&r.records, "volume", 0), Some(6543.21));
+    assert_eq!(
+        quantity_value(&r.records, "flow_temperature", 0),
+        Some(63.5)
+    );
+    assert_eq!(r.records.len(), 8);
+    // No retry was needed: one SND_NKE, one REQ_UD2.
+    assert_eq!(
+        kinds_to(&sim, 5, 0),
+        [RequestKind::SndNke, RequestKind::ReqUd2 { fcb: true }]
+    );
 }
 
 fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
