@@ -11,6 +11,7 @@ use enectiva_collector::bus::{BusMeter, Line, LinkError};
 use enectiva_collector::config::{Config, MbusAddress, MbusMeter, MbusTimeout, SecondaryAddress};
 use enectiva_collector::mbus::bus::{Answer, MbusLink, MbusMeterPoller};
 use enectiva_collector::mbus::frame;
+use enectiva_collector::mbus::record::{self, Response, Telegram};
 use enectiva_collector::queue::QueueOptions;
 use enectiva_collector::sender::SenderSettings;
 use enectiva_collector::sim::api::{Accepted, StandIn};
@@ -404,6 +405,68 @@ async fn a_slow_line_is_read_with_the_auto_timeouts() {
         kinds_to(&sim, 5, 0),
         [RequestKind::SndNke, RequestKind::ReqUd2 { fcb: true }]
     );
+}
+
+/// A libmbus fixture's bytes and what the decoder makes of them.
+fn fixture(name: &str) -> (Vec<u8>, Telegram) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/mbus/libmbus/test-frames")
+        .join(name);
+    let bytes = frame::from_hex(&std::fs::read_to_string(&path).expect("fixture")).expect("hex");
+    let frame::Parsed::Frame(f, used) = frame::parse(&bytes) else {
+        panic!("{name}: not a frame");
+    };
+    assert_eq!(used, bytes.len(), "{name}");
+    match record::decode(&f) {
+        Ok(Response::Data(t)) => (bytes, t),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_telegrams_replayed_on_the_line_read_as_the_decoder_decodes_them() {
+    // A Kamstrup Multical 601 (27 records) at primary address 17, and a Landis+Gyr Ultraheat
+    // T230 (34 records) read by its secondary address: their real telegrams, verbatim.
+    let (kamstrup, kamstrup_decoded) = fixture("kamstrup_multical_601.hex");
+    let (landis, landis_decoded) = fixture("landis+gyr_ultraheat_t230.hex");
+    assert_eq!(
+        (kamstrup_decoded.address, kamstrup_decoded.records.len()),
+        (17, 27)
+    );
+    assert_eq!(
+        (
+            landis_decoded.header.id.as_str(),
+            landis_decoded.records.len()
+        ),
+        ("66660205", 34)
+    );
+    let sim = SimMbus::start(
+        vec![
+            SimSlave::new(17, 6855817, "KAM", 8, 0x04).with_raw_rsp_ud(kamstrup),
+            SimSlave::new(0, 66660205, "LUG", 7, 0x04).with_raw_rsp_ud(landis),
+        ],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Auto);
+    for (mut p, decoded) in [
+        (
+            MbusMeterPoller::new(meter("multical", MbusAddress::Primary(17)), 1),
+            kamstrup_decoded,
+        ),
+        (
+            MbusMeterPoller::new(meter("ultraheat", secondary("66660205")), 1),
+            landis_decoded,
+        ),
+    ] {
+        let r = p.readout(&mut l).await.expect("readout");
+        assert_eq!(r.telegrams, 1);
+        assert_eq!(r.address, decoded.address);
+        assert_eq!(r.header, decoded.header);
+        // Every record, value, unit, storage, tariff, function and modifier as decoded.
+        assert_eq!(r.records, decoded.records);
+    }
 }
 
 fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
