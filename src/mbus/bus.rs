@@ -308,6 +308,9 @@ pub struct Readout {
     pub address: u8,
     pub records: Vec<Record>,
     pub telegrams: usize,
+    /// The last of [`MAX_TELEGRAMS`] telegrams still said "more records follow": the records
+    /// after it were not read.
+    pub truncated: bool,
 }
 
 /// A meter on an M-Bus line and its link state (FCB, whether it needs SND_NKE).
@@ -400,6 +403,8 @@ impl MbusMeterPoller {
         let mut records: Vec<Record> = Vec::new();
         let mut header = None;
         let mut telegrams = 0;
+        // Whether the last telegram read said "more records follow".
+        let mut more = false;
         for _ in 0..MAX_TELEGRAMS {
             let f = self
                 .request(link, &frame::req_ud2(addr, self.fcb), false)
@@ -423,7 +428,7 @@ impl MbusMeterPoller {
                         r.index = base + i;
                         r
                     }));
-                    let more = t.more_records_follow;
+                    more = t.more_records_follow;
                     header.get_or_insert((t.header, t.address));
                     if !more {
                         break;
@@ -440,11 +445,20 @@ impl MbusMeterPoller {
         let Some((header, address)) = header else {
             return Err(LinkError::Protocol("no data telegram".into()));
         };
+        if more {
+            tracing::warn!(
+                meter = %self.meter.name,
+                telegrams,
+                records = records.len(),
+                "M-Bus readout truncated: the last telegram allowed still says more records follow; the records after it are not read"
+            );
+        }
         Ok(Readout {
             header,
             address,
             records,
             telegrams,
+            truncated: more,
         })
     }
 

@@ -132,7 +132,7 @@ async fn three_telegram_readout_delivers_every_record() {
     let mut l = link(&sim, MbusTimeout::Auto);
     let mut p = MbusMeterPoller::new(meter("multi", MbusAddress::Primary(9)), 1);
     let r = p.readout(&mut l).await.expect("readout");
-    assert_eq!(r.telegrams, 3);
+    assert_eq!((r.telegrams, r.truncated), (3, false));
     let q: Vec<(usize, &str)> = r
         .records
         .iter()
@@ -152,6 +152,71 @@ async fn three_telegram_readout_delivers_every_record() {
         })
         .collect();
     assert_eq!(fcbs, vec![true, false, true], "FCB toggles per telegram");
+}
+
+/// Log lines written while a [`Capture`] is the thread's subscriber.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readout_that_never_ends_is_cut_at_16_telegrams_and_flagged() {
+    // Every telegram says "more records follow" (DIF 1F), forever.
+    let endless = vec![0x04, 0x06, 0x01, 0x00, 0x00, 0x00, 0x1F];
+    let sim = SimMbus::start(
+        vec![SimSlave::new(9, 11112222, "ABB", 2, 0x04).with_telegrams(vec![endless])],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Auto);
+    let mut p = MbusMeterPoller::new(meter("endless", MbusAddress::Primary(9)), 1);
+    let log = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let log = log.clone();
+            move || log.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    // The test's own thread polls the readout, so a thread-local subscriber sees its events.
+    let r = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        p.readout(&mut l).await.expect("readout")
+    };
+    assert_eq!((r.telegrams, r.records.len(), r.truncated), (16, 16, true));
+    assert_eq!(r.records.last().map(|r| r.index), Some(15));
+    let log = log.text();
+    assert!(
+        log.contains("WARN") && log.contains("truncated") && log.contains("endless"),
+        "{log}"
+    );
+    assert_eq!(
+        sim.requests()
+            .iter()
+            .filter(|q| matches!(q.kind, RequestKind::ReqUd2 { .. }))
+            .count(),
+        16
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
