@@ -301,6 +301,30 @@ pub fn mask_of(s: &SecondaryAddress) -> SecondaryMask {
     m
 }
 
+/// Why a telegram's header is not that of the meter with secondary address `s`, if it is not.
+fn secondary_mismatch(s: &SecondaryAddress, h: &Header) -> Option<String> {
+    let mut wrong = Vec::new();
+    if h.id != s.id {
+        wrong.push(format!("id {}", h.id));
+    }
+    if let Some(m) = s.manufacturer.as_deref().filter(|m| *m != h.manufacturer) {
+        wrong.push(format!("manufacturer {} (not {m})", h.manufacturer));
+    }
+    if let Some(v) = s.version.filter(|v| *v != h.version) {
+        wrong.push(format!("version {} (not {v})", h.version));
+    }
+    if let Some(m) = s.medium.filter(|m| *m != h.medium) {
+        wrong.push(format!("medium 0x{:02X} (not 0x{m:02X})", h.medium));
+    }
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "the meter selected as id {} answered as {}",
+            s.id,
+            wrong.join(", ")
+        )
+    })
+}
+
 /// One readout: the header of its first telegram and every record, numbered across telegrams.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Readout {
@@ -415,12 +439,20 @@ impl MbusMeterPoller {
             telegrams += 1;
             match response {
                 Response::Data(t) => {
-                    if let MbusAddress::Primary(a) = self.meter.address {
-                        if t.address != a {
+                    match &self.meter.address {
+                        MbusAddress::Primary(a) if t.address != *a => {
                             return Err(LinkError::Protocol(format!(
                                 "answer from address {} to a request for {a}",
                                 t.address
                             )));
+                        }
+                        MbusAddress::Primary(_) => {}
+                        // Another meter can end up selected (a select it took for its own, a
+                        // converter mixing up lines): its records must not pass for ours.
+                        MbusAddress::Secondary(s) => {
+                            if let Some(why) = secondary_mismatch(s, &t.header) {
+                                return Err(LinkError::Protocol(why));
+                            }
                         }
                     }
                     let base = records.len();
@@ -804,6 +836,45 @@ mod tests {
         assert!(
             e.starts_with("meter \"flat-7\", record 3 (flow_temperature in °C): "),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_header_from_another_meter_than_the_secondary_address_names_both() {
+        let bytes = frame::from_hex(TELEGRAM).expect("hex");
+        let Parsed::Frame(f, _) = frame::parse(&bytes) else {
+            panic!("not a frame");
+        };
+        let Ok(Response::Data(t)) = record::decode(&f) else {
+            panic!("not data");
+        };
+        let address =
+            |id: &str, m: Option<&str>, v: Option<u8>, med: Option<u8>| SecondaryAddress {
+                id: id.into(),
+                manufacturer: m.map(str::to_owned),
+                version: v,
+                medium: med,
+            };
+        assert_eq!(
+            secondary_mismatch(
+                &address("12345678", Some("KAM"), Some(1), Some(4)),
+                &t.header
+            ),
+            None
+        );
+        assert_eq!(
+            secondary_mismatch(&address("87654321", None, None, None), &t.header).as_deref(),
+            Some("the meter selected as id 87654321 answered as id 12345678")
+        );
+        assert_eq!(
+            secondary_mismatch(
+                &address("12345678", Some("ABB"), Some(2), Some(7)),
+                &t.header
+            )
+            .as_deref(),
+            Some(
+                "the meter selected as id 12345678 answered as manufacturer KAM (not ABB), version 1 (not 2), medium 0x04 (not 0x07)"
+            )
         );
     }
 

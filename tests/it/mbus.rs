@@ -534,6 +534,31 @@ async fn real_telegrams_replayed_on_the_line_read_as_the_decoder_decodes_them() 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_readout_answered_by_another_id_fails() {
+    // The slave takes the select of 11111111, but its telegram is another meter's (03575845).
+    let (telegram, decoded) = fixture("example_data_01.hex");
+    assert_eq!(decoded.header.id, "03575845");
+    let sim = SimMbus::start(
+        vec![SimSlave::new(1, 11111111, "AMT", 0x34, 0x04).with_raw_rsp_ud(telegram)],
+        MbusLineOptions::default(),
+    )
+    .await
+    .expect("sim");
+    let mut l = link(&sim, MbusTimeout::Auto);
+    let mut p = MbusMeterPoller::new(meter("flat-3", secondary("11111111")), 1);
+    let e = p
+        .readout(&mut l)
+        .await
+        .expect_err("another meter's records");
+    assert!(matches!(e, LinkError::Protocol(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("11111111") && e.contains("03575845"), "{e}");
+    // As a poll of the bus: the meter failed this slot, no sample.
+    assert!(p.poll(&mut l, "b").await.is_err());
+    assert_eq!(sim.readouts(1), 2);
+}
+
 fn run_scan(port: &Path, secondary: bool) -> (Option<i32>, String, String) {
     run_scan_addresses(port, secondary, "0-12")
 }
