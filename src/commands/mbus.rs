@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::Exit;
 use crate::config::MbusTimeout;
-use crate::mbus::bus::{Found, MbusLink, scan_primary, scan_secondary};
+use crate::mbus::bus::{MbusLink, ScanReport, scan_primary, scan_secondary};
 use crate::mbus::frame::{self, Parsed};
 use crate::mbus::record::{self, Header, medium_name};
 
@@ -50,12 +50,16 @@ pub async fn scan(
     let mut link = MbusLink::with(port.clone(), baud, timeout);
     let mut err = std::io::stderr();
     let label = format!("{} {baud} baud 8E1", port.display());
-    let found: Result<Vec<Found>, _> = if secondary {
+    let scan: Result<ScanReport, _> = if secondary {
         scan_secondary(&mut link, retries, |mask, n| {
             let _ = write!(err, "\rsearching {label}: {mask}, {n} found   ");
             let _ = err.flush();
         })
         .await
+        .map(|found| ScanReport {
+            found,
+            collisions: Vec::new(),
+        })
     } else {
         let total = addresses.len();
         let mut done = 0usize;
@@ -70,8 +74,8 @@ pub async fn scan(
         .await
     };
     let _ = writeln!(err);
-    let found = match found {
-        Ok(f) => f,
+    let ScanReport { found, collisions } = match scan {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return Exit::Failure;
@@ -88,9 +92,16 @@ pub async fn scan(
             ),
         }
     }
+    for a in &collisions {
+        println!(
+            "address {a:>3}: several meters answer (collision) — give them distinct primary addresses or use secondary addressing (`scan mbus --secondary`)"
+        );
+    }
     eprintln!("{} meter(s) found", found.len());
     if found.is_empty() {
-        println!("no meter answered (check the converter, the baud rate, and try --secondary)");
+        if collisions.is_empty() {
+            println!("no meter answered (check the converter, the baud rate, and try --secondary)");
+        }
         return Exit::Failure;
     }
     Exit::Ok

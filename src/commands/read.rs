@@ -272,7 +272,7 @@ async fn read_mbus(
                         out.push(json!({
                             "bus": bus.name, "meter": meter.name, "ok": true,
                             "address": r.address, "id": r.header.id, "manufacturer": r.header.manufacturer,
-                            "medium": crate::mbus::record::medium_name(r.header.medium), "telegrams": r.telegrams,
+                            "medium": crate::mbus::record::medium_name(r.header.medium), "telegrams": r.telegrams, "truncated": r.truncated,
                             "records": r.records.iter().map(crate::mbus::json::record).collect::<Vec<_>>(),
                             "channels": chans,
                         }));
@@ -287,6 +287,12 @@ async fn read_mbus(
                             crate::mbus::record::medium_name(r.header.medium),
                             r.telegrams
                         );
+                        if r.truncated {
+                            println!(
+                                "  truncated: telegram {} still says more records follow; the records after it were not read",
+                                r.telegrams
+                            );
+                        }
                         println!("  records:");
                         for rec in &r.records {
                             println!("    {}", crate::mbus::select::describe(rec));

@@ -6,7 +6,9 @@
 //! handling, and a multi-telegram readout while a telegram ends with DIF 0x1F (at most
 //! [`MAX_TELEGRAMS`]). Retries keep the FCB. The first byte of an answer gets the `auto` timeout
 //! (330 bit times + 50 ms, at least 0.5 s), then an inter-byte timeout until the length in the
-//! frame is complete. Echoed request bytes (converters that echo) are skipped: every frame with
+//! frame is complete, and the whole answer an absolute deadline ([`MbusLink::answer_limit`]), so
+//! a line that never stops sending bytes (a shorted bus, a slave at another baud rate) cannot
+//! hold the bus. Echoed request bytes (converters that echo) are skipped: every frame with
 //! the master direction bit is dropped. Frames are parsed and records decoded by the pure
 //! `frame` and `record` modules; this module only moves bytes and keeps FCB state.
 
@@ -26,6 +28,12 @@ use crate::units::{Conversion, Temperature, Transform};
 
 /// The most telegrams of one readout (some meters cycle their storage forever).
 pub const MAX_TELEGRAMS: usize = 16;
+
+/// The longest frame on the wire: a long frame with L = 255.
+const MAX_FRAME: usize = 261;
+
+/// The longest request we send: a secondary select (`68 0B 0B 68 C A CI`, 8 bytes, CS, stop).
+const MAX_REQUEST: usize = 17;
 
 /// What came back after a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,10 +107,19 @@ impl MbusLink {
         (self.char_time() * 20).max(Duration::from_millis(100))
     }
 
-    /// The longest one request and its answer may take: quiet time, the first-byte timeout and
-    /// a full 261-byte telegram at the slowest inter-byte pace.
+    /// The absolute deadline of one answer, from the end of a request of `request_len` bytes to
+    /// the answer's last byte: the first-byte timeout, one inter-byte timeout, and twice the wire
+    /// time of the echoed request and the longest frame (261 characters), because converters
+    /// deliver bytes in bursts. Bytes that have not formed a frame by then are garbage.
+    pub fn answer_limit(&self, request_len: usize) -> Duration {
+        let chars = u32::try_from(2 * (MAX_FRAME + request_len)).unwrap_or(u32::MAX);
+        self.first_byte_timeout() + self.inter_byte_timeout() + self.char_time() * chars
+    }
+
+    /// The longest one request and its answer may take (what [`MbusLink::transact`] enforces):
+    /// quiet time and the answer limit of the longest request.
     pub fn worst_transaction(&self) -> Duration {
-        self.quiet() + self.first_byte_timeout() + self.inter_byte_timeout() * 261
+        self.quiet() + self.answer_limit(MAX_REQUEST)
     }
 
     /// Quiet time kept between an answer and the next request (Gossen: ≥ 10 ms).
@@ -125,8 +142,11 @@ impl MbusLink {
         if let Some(last) = self.last_done {
             tokio::time::sleep_until((last + self.quiet()).into()).await;
         }
-        let first_timeout = self.first_byte_timeout();
-        let inter = self.inter_byte_timeout();
+        let timeouts = Timeouts {
+            first: self.first_byte_timeout(),
+            inter: self.inter_byte_timeout(),
+            limit: self.answer_limit(request.len()),
+        };
         let path = self.settings.path.display().to_string();
         let port = self.port()?;
         let io = async {
@@ -138,7 +158,7 @@ impl MbusLink {
             if !answer {
                 return Ok((Answer::Nothing, 0));
             }
-            receive(port, first_timeout, inter).await
+            receive(port, timeouts).await
         };
         let result = io.await;
         self.last_done = Some(Instant::now());
@@ -164,17 +184,33 @@ impl MbusLink {
     }
 }
 
-/// Reads until one frame from a slave is complete, or the timeouts run out. Returns the answer
-/// and the number of garbage bytes skipped.
-async fn receive(
-    port: &mut SerialStream,
+/// How long [`receive`] waits: for the first byte, between bytes, and for the whole answer.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
     first: Duration,
     inter: Duration,
-) -> std::io::Result<(Answer, usize)> {
+    limit: Duration,
+}
+
+/// What is left when the waiting ends without a frame: garbage if any byte came, else nothing.
+fn give_up(leftover: usize, garbage: usize) -> (Answer, usize) {
+    let skipped = garbage + leftover;
+    if skipped > 0 {
+        (Answer::Garbled(skipped), skipped)
+    } else {
+        (Answer::Nothing, 0)
+    }
+}
+
+/// Reads until one frame from a slave is complete, or a timeout runs out: the first-byte
+/// timeout before the answer begins, the inter-byte timeout within it, and `limit` for the whole
+/// answer whatever keeps arriving. Returns the answer and the number of garbage bytes skipped.
+async fn receive(port: &mut SerialStream, t: Timeouts) -> std::io::Result<(Answer, usize)> {
     let mut buf: Vec<u8> = Vec::new();
     let mut garbage = 0usize;
     let mut got_any = false;
     let started = Instant::now();
+    let deadline = started + t.limit;
     let mut chunk = [0u8; 512];
     loop {
         // Take every complete frame out of the buffer.
@@ -201,21 +237,20 @@ async fn receive(
             }
         }
         let wait = if got_any {
-            inter
+            t.inter
         } else {
-            match first.checked_sub(started.elapsed()) {
+            match t.first.checked_sub(started.elapsed()) {
                 Some(w) => w,
-                None => return Ok((Answer::Nothing, garbage)),
+                None => return Ok(give_up(buf.len(), garbage)),
             }
         };
+        // A line that keeps sending bytes never lets the other timeouts run out.
+        let wait = match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => wait.min(left),
+            _ => return Ok(give_up(buf.len(), garbage)),
+        };
         match tokio::time::timeout(wait, port.read(&mut chunk)).await {
-            Err(_) => {
-                let leftover = buf.len();
-                if leftover > 0 || garbage > 0 {
-                    return Ok((Answer::Garbled(garbage + leftover), garbage + leftover));
-                }
-                return Ok((Answer::Nothing, garbage));
-            }
+            Err(_) => return Ok(give_up(buf.len(), garbage)),
             Ok(Ok(0)) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::BrokenPipe,
@@ -266,6 +301,30 @@ pub fn mask_of(s: &SecondaryAddress) -> SecondaryMask {
     m
 }
 
+/// Why a telegram's header is not that of the meter with secondary address `s`, if it is not.
+fn secondary_mismatch(s: &SecondaryAddress, h: &Header) -> Option<String> {
+    let mut wrong = Vec::new();
+    if h.id != s.id {
+        wrong.push(format!("id {}", h.id));
+    }
+    if let Some(m) = s.manufacturer.as_deref().filter(|m| *m != h.manufacturer) {
+        wrong.push(format!("manufacturer {} (not {m})", h.manufacturer));
+    }
+    if let Some(v) = s.version.filter(|v| *v != h.version) {
+        wrong.push(format!("version {} (not {v})", h.version));
+    }
+    if let Some(m) = s.medium.filter(|m| *m != h.medium) {
+        wrong.push(format!("medium 0x{:02X} (not 0x{m:02X})", h.medium));
+    }
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "the meter selected as id {} answered as {}",
+            s.id,
+            wrong.join(", ")
+        )
+    })
+}
+
 /// One readout: the header of its first telegram and every record, numbered across telegrams.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Readout {
@@ -273,6 +332,9 @@ pub struct Readout {
     pub address: u8,
     pub records: Vec<Record>,
     pub telegrams: usize,
+    /// The last of [`MAX_TELEGRAMS`] telegrams still said "more records follow": the records
+    /// after it were not read.
+    pub truncated: bool,
 }
 
 /// A meter on an M-Bus line and its link state (FCB, whether it needs SND_NKE).
@@ -306,21 +368,29 @@ impl MbusMeterPoller {
 
     /// Sends a request, retrying (same bytes, so the same FCB) when nothing valid comes back.
     /// `ack` says whether an `E5` is the expected answer; when a data telegram is expected, a
-    /// stray `E5` (a late acknowledgement of an earlier request) is not an answer.
+    /// stray `E5` (a late acknowledgement of an earlier request) is not an answer. When no
+    /// attempt gets a frame: a timeout, or a protocol error if some attempt got garbage.
     async fn request(
         &self,
         link: &mut MbusLink,
         bytes: &[u8],
         ack: bool,
-    ) -> Result<Option<Frame>, LinkError> {
+    ) -> Result<Frame, LinkError> {
+        let mut garbled = None;
         for _ in 0..=self.retries {
             match link.transact(bytes, true).await? {
                 Answer::Frame(Frame::Ack) if !ack => {}
-                Answer::Frame(f) => return Ok(Some(f)),
-                _ => {}
+                Answer::Frame(f) => return Ok(f),
+                Answer::Garbled(n) => garbled = Some(n),
+                Answer::Nothing => {}
             }
         }
-        Ok(None)
+        Err(match garbled {
+            Some(n) => LinkError::Protocol(format!(
+                "garbled answer: {n} bytes that are not a frame (noise on the line, a wrong baud rate, or several meters answering)"
+            )),
+            None => LinkError::Timeout,
+        })
     }
 
     /// Reads the meter once: SND_NKE when needed, select, REQ_UD2 until the last telegram.
@@ -346,37 +416,43 @@ impl MbusMeterPoller {
                 .request(link, &frame::select(&mask, true), true)
                 .await?
             {
-                Some(Frame::Ack) => {}
-                Some(other) => {
+                Frame::Ack => {}
+                other => {
                     return Err(LinkError::Protocol(format!(
                         "select of {mask} answered with {other:?} instead of E5"
                     )));
                 }
-                None => return Err(LinkError::Timeout),
             }
         }
         let mut records: Vec<Record> = Vec::new();
         let mut header = None;
         let mut telegrams = 0;
+        // Whether the last telegram read said "more records follow".
+        let mut more = false;
         for _ in 0..MAX_TELEGRAMS {
-            let Some(f) = self
+            let f = self
                 .request(link, &frame::req_ud2(addr, self.fcb), false)
-                .await?
-            else {
-                return Err(LinkError::Timeout);
-            };
+                .await?;
             let response = record::decode(&f).map_err(|e| LinkError::Protocol(e.to_string()))?;
             // The exchange succeeded: the next request is a new one.
             self.fcb = !self.fcb;
             telegrams += 1;
             match response {
                 Response::Data(t) => {
-                    if let MbusAddress::Primary(a) = self.meter.address {
-                        if t.address != a {
+                    match &self.meter.address {
+                        MbusAddress::Primary(a) if t.address != *a => {
                             return Err(LinkError::Protocol(format!(
                                 "answer from address {} to a request for {a}",
                                 t.address
                             )));
+                        }
+                        MbusAddress::Primary(_) => {}
+                        // Another meter can end up selected (a select it took for its own, a
+                        // converter mixing up lines): its records must not pass for ours.
+                        MbusAddress::Secondary(s) => {
+                            if let Some(why) = secondary_mismatch(s, &t.header) {
+                                return Err(LinkError::Protocol(why));
+                            }
                         }
                     }
                     let base = records.len();
@@ -384,7 +460,7 @@ impl MbusMeterPoller {
                         r.index = base + i;
                         r
                     }));
-                    let more = t.more_records_follow;
+                    more = t.more_records_follow;
                     header.get_or_insert((t.header, t.address));
                     if !more {
                         break;
@@ -401,11 +477,20 @@ impl MbusMeterPoller {
         let Some((header, address)) = header else {
             return Err(LinkError::Protocol("no data telegram".into()));
         };
+        if more {
+            tracing::warn!(
+                meter = %self.meter.name,
+                telegrams,
+                records = records.len(),
+                "M-Bus readout truncated: the last telegram allowed still says more records follow; the records after it are not read"
+            );
+        }
         Ok(Readout {
             header,
             address,
             records,
             telegrams,
+            truncated: more,
         })
     }
 
@@ -430,10 +515,11 @@ impl MbusMeterPoller {
             Temperature::Absolute
         };
         let to = ch.output.unit.clone().unwrap_or_else(|| rec.unit.clone());
+        // Config checks cannot catch this for `record = N`: the record is known only now.
         let conversion = Conversion::between(&rec.unit, &to, temperature).map_err(|e| {
             format!(
-                "record {} ({} in {}): {e}",
-                rec.index, rec.quantity, rec.unit
+                "meter \"{}\", record {} ({} in {}): {e}",
+                self.meter.name, rec.index, rec.quantity, rec.unit
             )
         })?;
         let transform = Transform {
@@ -509,38 +595,62 @@ pub struct Found {
     pub address: u8,
 }
 
+/// What answered REQ_UD2 at an address during a scan.
+#[derive(Debug)]
+enum Identity {
+    Meter(Header, u8),
+    /// Only garbage came back (overlapping answers of several meters, or noise).
+    Garbled,
+    /// Nothing, or a telegram that is no data telegram.
+    Nothing,
+}
+
 /// Reads the header of whatever answers REQ_UD2 at `addr`.
-async fn identify(
-    link: &mut MbusLink,
-    addr: u8,
-    retries: u32,
-) -> Result<Option<(Header, u8)>, LinkError> {
+async fn identify(link: &mut MbusLink, addr: u8, retries: u32) -> Result<Identity, LinkError> {
+    let mut garbled = false;
     for _ in 0..=retries {
-        if let Answer::Frame(f) = link.transact(&frame::req_ud2(addr, true), true).await? {
-            if f == Frame::Ack {
-                // A late acknowledgement, not the data telegram asked for.
-                continue;
+        match link.transact(&frame::req_ud2(addr, true), true).await? {
+            // A late acknowledgement, not the data telegram asked for.
+            Answer::Frame(Frame::Ack) => {}
+            Answer::Frame(f) => {
+                return Ok(match record::decode(&f) {
+                    Ok(Response::Data(t)) => Identity::Meter(t.header, t.address),
+                    _ => Identity::Nothing,
+                });
             }
-            return Ok(match record::decode(&f) {
-                Ok(Response::Data(t)) => Some((t.header, t.address)),
-                _ => None,
-            });
+            Answer::Garbled(_) => garbled = true,
+            Answer::Nothing => {}
         }
     }
-    Ok(None)
+    Ok(if garbled {
+        Identity::Garbled
+    } else {
+        Identity::Nothing
+    })
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub found: Vec<Found>,
+    /// Addresses where only garbled answers came back: several meters share the address.
+    pub collisions: Vec<u8>,
 }
 
 /// Primary scan: SND_NKE to each address; those that acknowledge are read for their header.
+/// An address where the answers overlap (several meters with that primary address) is listed
+/// in [`ScanReport::collisions`]: it needs fixing, and no header can be read through it.
 pub async fn scan_primary(
     link: &mut MbusLink,
     addresses: impl IntoIterator<Item = u8>,
     retries: u32,
     mut progress: impl FnMut(u8, usize),
-) -> Result<Vec<Found>, LinkError> {
-    let mut found = Vec::new();
+) -> Result<ScanReport, LinkError> {
+    let mut scan = ScanReport::default();
     for a in addresses {
-        progress(a, found.len());
+        progress(a, scan.found.len());
         let mut acked = false;
+        let mut garbled = false;
         for _ in 0..=retries {
             match link.transact(&frame::snd_nke(a), true).await? {
                 Answer::Frame(Frame::Ack) => {
@@ -548,25 +658,28 @@ pub async fn scan_primary(
                     break;
                 }
                 Answer::Garbled(_) => {
-                    // Two slaves with the same primary address: report it, it needs fixing.
-                    acked = true;
+                    // Overlapping E5s of several meters, most likely: read on to tell.
+                    garbled = true;
                     break;
                 }
                 _ => {}
             }
         }
-        if !acked {
+        if !acked && !garbled {
             continue;
         }
-        if let Some((header, address)) = identify(link, a, retries).await? {
-            found.push(Found {
+        match identify(link, a, retries).await? {
+            Identity::Meter(header, address) => scan.found.push(Found {
                 primary: Some(a),
                 header,
                 address,
-            });
+            }),
+            Identity::Garbled => scan.collisions.push(a),
+            Identity::Nothing if garbled => scan.collisions.push(a),
+            Identity::Nothing => {}
         }
     }
-    Ok(found)
+    Ok(scan)
 }
 
 /// Secondary wildcard search (collision-driven tree search over the identification digits,
@@ -602,7 +715,7 @@ pub async fn scan_secondary(
             match answer {
                 Answer::Nothing => {}
                 Answer::Frame(Frame::Ack) => {
-                    if let Some((header, address)) =
+                    if let Identity::Meter(header, address) =
                         identify(link, ADDRESS_SELECTED, retries).await?
                     {
                         if !found.iter().any(|f: &Found| f.header == header) {
@@ -656,7 +769,7 @@ mod tests {
 
     fn poller(channels: &str) -> MbusMeterPoller {
         let text = format!(
-            "[api]\ncustomer_id = \"0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11\"\n[[mbus]]\nname = \"b\"\nport = \"/dev/ttyUSB7\"\n  [[mbus.meter]]\n  name = \"m\"\n  address = 5\n  channels = [ {channels} ]\n"
+            "[api]\ncustomer_id = \"0c7f4a52-2d1e-4e59-9b0a-6d1f3c2b8e11\"\n[[mbus]]\nname = \"b\"\nport = \"/dev/ttyUSB7\"\n  [[mbus.meter]]\n  name = \"flat-7\"\n  address = 5\n  channels = [ {channels} ]\n"
         );
         let c =
             Config::parse(&text, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
@@ -706,12 +819,86 @@ mod tests {
     }
 
     #[test]
+    fn an_incompatible_unit_names_the_meter_and_the_record() {
+        let recs = records();
+        let p = poller(
+            r#"{ record = 1, import_id = "V", unit = "kWh" },
+               { record = 3, import_id = "T", unit = "m3", kind = "data_point" }"#,
+        );
+        assert_eq!(
+            p.channel_value(0, &recs).map(|(s, _)| s.value),
+            Err(
+                "meter \"flat-7\", record 1 (volume in m3): cannot convert \"m3\" (volume) to \"kWh\" (energy): they measure different things"
+                    .to_owned()
+            )
+        );
+        let e = p.channel_value(1, &recs).expect_err("°C is no volume");
+        assert!(
+            e.starts_with("meter \"flat-7\", record 3 (flow_temperature in °C): "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_header_from_another_meter_than_the_secondary_address_names_both() {
+        let bytes = frame::from_hex(TELEGRAM).expect("hex");
+        let Parsed::Frame(f, _) = frame::parse(&bytes) else {
+            panic!("not a frame");
+        };
+        let Ok(Response::Data(t)) = record::decode(&f) else {
+            panic!("not data");
+        };
+        let address =
+            |id: &str, m: Option<&str>, v: Option<u8>, med: Option<u8>| SecondaryAddress {
+                id: id.into(),
+                manufacturer: m.map(str::to_owned),
+                version: v,
+                medium: med,
+            };
+        assert_eq!(
+            secondary_mismatch(
+                &address("12345678", Some("KAM"), Some(1), Some(4)),
+                &t.header
+            ),
+            None
+        );
+        assert_eq!(
+            secondary_mismatch(&address("87654321", None, None, None), &t.header).as_deref(),
+            Some("the meter selected as id 87654321 answered as id 12345678")
+        );
+        assert_eq!(
+            secondary_mismatch(
+                &address("12345678", Some("ABB"), Some(2), Some(7)),
+                &t.header
+            )
+            .as_deref(),
+            Some(
+                "the meter selected as id 12345678 answered as manufacturer KAM (not ABB), version 1 (not 2), medium 0x04 (not 0x07)"
+            )
+        );
+    }
+
+    #[test]
     fn auto_timeouts_follow_the_baud_rate() {
         let l = MbusLink::with("/dev/null".into(), 2400, MbusTimeout::Auto);
         assert_eq!(l.first_byte_timeout(), Duration::from_millis(500));
         let slow = MbusLink::with("/dev/null".into(), 300, MbusTimeout::Auto);
         assert_eq!(slow.first_byte_timeout(), Duration::from_millis(1150));
         assert_eq!(slow.inter_byte_timeout(), Duration::from_micros(733_320));
+        // The whole answer: first byte, one inter-byte pause, twice the wire time of the echoed
+        // request and a 261-byte frame (4583 µs a character at 2400 baud).
+        assert_eq!(
+            l.answer_limit(5),
+            Duration::from_micros(600_000 + 532 * 4583)
+        );
+        assert_eq!(
+            l.worst_transaction(),
+            Duration::from_micros(4 * 4583 + 600_000 + 556 * 4583)
+        );
+        assert_eq!(
+            slow.answer_limit(17),
+            Duration::from_micros(1_150_000 + 733_320 + 556 * 36_666)
+        );
         let fixed = MbusLink::with(
             "/dev/null".into(),
             9600,

@@ -16,12 +16,13 @@ use crate::config::MbusSelector;
 /// Why a selector does not pick exactly one record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
-    #[error("no record is {wanted}; {}", list_or(.candidates, "the readout has no such quantity"))]
+    #[error("no record is {wanted}; {}", what_there_is(.candidates, .quantities))]
     NotFound {
         wanted: String,
-        /// The records with the wanted quantity ([`describe`] lines); when there are none, one
-        /// line naming the quantities the readout does have.
+        /// The records with the wanted quantity ([`describe`] lines).
         candidates: Vec<String>,
+        /// When there are none: the quantities the readout does have, sorted.
+        quantities: Vec<String>,
     },
     #[error("{} records are {wanted}, choose one with `record = N` or more attributes: {}", .candidates.len(), .candidates.join("; "))]
     Ambiguous {
@@ -32,11 +33,16 @@ pub enum SelectError {
     IndexOutOfRange { index: usize, len: usize },
 }
 
-fn list_or(candidates: &[String], empty: &str) -> String {
-    if candidates.is_empty() {
-        empty.to_owned()
-    } else {
+fn what_there_is(candidates: &[String], quantities: &[String]) -> String {
+    if !candidates.is_empty() {
         format!("records with that quantity: {}", candidates.join("; "))
+    } else if !quantities.is_empty() {
+        format!(
+            "the readout has no such quantity; quantities in this readout: {}",
+            quantities.join(", ")
+        )
+    } else {
+        "the readout has no records".to_owned()
     }
 }
 
@@ -86,20 +92,22 @@ pub fn select<'a>(
             match matches.as_slice() {
                 [one] => Ok(one),
                 [] => {
-                    let mut candidates: Vec<String> = records
+                    let candidates: Vec<String> = records
                         .iter()
                         .filter(|r| r.quantity == *quantity)
                         .map(describe)
                         .collect();
-                    if candidates.is_empty() && !records.is_empty() {
-                        let mut names: Vec<&str> =
-                            records.iter().map(|r| r.quantity.as_str()).collect();
-                        names.sort_unstable();
-                        names.dedup();
-                        candidates
-                            .push(format!("quantities in this readout: {}", names.join(", ")));
+                    let mut quantities: Vec<String> = Vec::new();
+                    if candidates.is_empty() {
+                        quantities = records.iter().map(|r| r.quantity.clone()).collect();
+                        quantities.sort_unstable();
+                        quantities.dedup();
                     }
-                    Err(SelectError::NotFound { wanted, candidates })
+                    Err(SelectError::NotFound {
+                        wanted,
+                        candidates,
+                        quantities,
+                    })
                 }
                 several => Err(SelectError::Ambiguous {
                     wanted,
@@ -272,14 +280,23 @@ mod tests {
             ]
         );
         let err = select(&records, &q("power", 0), &[]).expect_err("not found");
+        assert_eq!(
+            err.to_string(),
+            "no record is power storage 0 tariff 0 subunit 0 instantaneous; the readout has no \
+             such quantity; quantities in this readout: energy, volume"
+        );
+        let err = select(&[], &q("power", 0), &[]).expect_err("not found");
         assert!(
-            err.to_string()
-                .contains("quantities in this readout: energy, volume"),
+            matches!(
+                &err,
+                SelectError::NotFound { candidates, quantities, .. }
+                    if candidates.is_empty() && quantities.is_empty()
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().ends_with("the readout has no records"),
             "{err}"
         );
-        assert!(matches!(
-            select(&[], &q("power", 0), &[]),
-            Err(SelectError::NotFound { candidates, .. }) if candidates.is_empty()
-        ));
     }
 }

@@ -34,6 +34,11 @@ use super::rtu::LineTiming;
 /// for a frame that never completes and swallow the next real telegrams.
 const PARTIAL_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// Noise ([`SimMbus::set_noise`]) goes out as chunks of this many bytes, one every
+/// [`NOISE_PERIOD`] (3200 bytes a second, whatever the line's timing).
+const NOISE_CHUNK: usize = 16;
+const NOISE_PERIOD: Duration = Duration::from_millis(5);
+
 /// How many decoded requests [`SimMbus::requests`] keeps (the newest), so a long `demo` does not
 /// grow without bound.
 const REQUEST_LOG: usize = 10_000;
@@ -64,7 +69,8 @@ pub struct MbusLineOptions {
     /// converters and optical heads do (mbus.md §3). Junk and corrupted telegrams are echoed too.
     pub echo: bool,
     /// `(baud, latency)`: bytes take 11 bit times each on the wire (8E1), and a slave starts
-    /// answering `latency` after the master's telegram ended. Without it everything is instant.
+    /// answering `latency` after the master's telegram ended; its answer arrives byte by byte.
+    /// Without it everything is instant.
     pub timing: Option<(u32, Duration)>,
 }
 
@@ -265,9 +271,15 @@ pub enum RequestKind {
 ///
 /// **Absent** slaves hear nothing: they neither answer nor change state.
 ///
+/// **Noise** ([`SimMbus::set_noise`]): while it is on, the line carries one byte value over and
+/// over whenever it is not busy answering; the slaves still hear and answer telegrams.
+///
 /// **Wire time** ([`MbusLineOptions::timing`]): every chunk of bytes read from the master is
-/// taken to have just crossed the wire (its frame time passes before it is echoed or parsed),
-/// then an answer is written `latency + reply delay + frame time of the answer` later.
+/// taken to have just crossed the wire (its frame time passes before it is echoed or parsed);
+/// an answer starts `latency + reply delay` later and crosses the wire a character at a time:
+/// each byte is written once its last bit would be in, so the master sees the answer trickle in
+/// (its inter-byte timeout at work) and has the last byte `latency + reply delay + frame time of
+/// the answer` after the telegram.
 #[derive(Clone)]
 pub struct SimMbus {
     line: Arc<Line>,
@@ -312,6 +324,7 @@ impl SimMbus {
                 requests: VecDeque::new(),
             }),
             received: watch::Sender::new(0),
+            noise: watch::Sender::new(None),
             stop: stop.clone(),
             tasks: tasks.clone(),
         });
@@ -369,6 +382,13 @@ impl SimMbus {
             .with_slaves(primary, |slave| slave.reply_delay = delay);
     }
 
+    /// With `Some(byte)`, the line carries `byte` continuously, between and after the slaves'
+    /// answers, until `set_noise(None)`: a shorted bus reads as a stream of `00`, a slave at
+    /// another baud rate as junk. 16 bytes go out every 5 ms.
+    pub fn set_noise(&self, byte: Option<u8>) {
+        self.line.noise.send_replace(byte);
+    }
+
     /// Unplugs the converter: closes the master end (and everything else of the line) and waits
     /// until it is gone. A daemon holding the port open then fails at once: a read with end of
     /// file or EIO, a write with EIO.
@@ -386,6 +406,8 @@ struct Line {
     bus: Mutex<Bus>,
     /// Telegrams received in all (the log keeps only the newest).
     received: watch::Sender<u64>,
+    /// The byte the line carries continuously, if any ([`SimMbus::set_noise`]).
+    noise: watch::Sender<Option<u8>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -454,17 +476,19 @@ impl Line {
             [one] => one.bytes.clone(),
             _ => superimpose(replies.iter().map(|reply| reply.bytes.as_slice())),
         };
-        let wait = match self.timing {
-            Some(t) => t
-                .latency
-                .saturating_add(delay)
-                .saturating_add(t.frame_time(bytes.len())),
-            None => delay,
+        let written = match self.timing {
+            Some(t) => {
+                let start = tokio::time::Instant::now() + t.latency.saturating_add(delay);
+                write_paced(master, &bytes, t, start).await
+            }
+            None => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                master.write_all(&bytes).await
+            }
         };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        if let Err(error) = master.write_all(&bytes).await {
+        if let Err(error) = written {
             // Lost, as on a line nobody listens to; not counted.
             tracing::debug!(%error, "simulated M-Bus: writing an answer failed");
             return;
@@ -476,6 +500,31 @@ impl Line {
             }
         }
     }
+}
+
+/// Writes `bytes` as they would cross the wire from `start` on: byte `k` (from 1) once its last
+/// bit is in, `start + frame_time(k)`. Whatever is due goes out together, so a late wake-up
+/// catches up instead of stretching the answer.
+async fn write_paced(
+    master: &mut SerialStream,
+    bytes: &[u8],
+    timing: LineTiming,
+    start: tokio::time::Instant,
+) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        tokio::time::sleep_until(start + timing.frame_time(sent + 1)).await;
+        let now = tokio::time::Instant::now();
+        let mut due = sent + 1;
+        while due < bytes.len() && start + timing.frame_time(due + 1) <= now {
+            due += 1;
+        }
+        master
+            .write_all(bytes.get(sent..due).unwrap_or_default())
+            .await?;
+        sent = due;
+    }
+    Ok(())
 }
 
 /// One slave's answer to one telegram.
@@ -851,24 +900,31 @@ async fn run(line: Arc<Line>, mut master: SerialStream, held: File) {
     drop(held);
 }
 
-/// Reads the master's bytes, echoes them, and answers each telegram in turn; never returns.
+/// Reads the master's bytes, echoes them, and answers each telegram in turn, with noise in
+/// between while [`SimMbus::set_noise`] says so; never returns.
 async fn serve(line: &Line, master: &mut SerialStream) {
     let mut chunk = [0u8; 512];
     let mut pending = Vec::new();
+    // When the partial telegram in `pending` is dropped: PARTIAL_TIMEOUT after its last byte.
+    let mut partial_until: Option<tokio::time::Instant> = None;
+    let mut noise = line.noise.subscribe();
     loop {
-        let read = if pending.is_empty() {
-            master.read(&mut chunk).await
-        } else {
-            match tokio::time::timeout(PARTIAL_TIMEOUT, master.read(&mut chunk)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    tracing::debug!(
-                        bytes = pending.len(),
-                        "simulated M-Bus: partial telegram dropped"
-                    );
-                    pending.clear();
-                    continue;
+        let read = tokio::select! {
+            read = master.read(&mut chunk) => read,
+            () = sleep_until(partial_until) => {
+                tracing::debug!(
+                    bytes = pending.len(),
+                    "simulated M-Bus: partial telegram dropped"
+                );
+                pending.clear();
+                partial_until = None;
+                continue;
+            }
+            byte = next_noise(&mut noise) => {
+                if let Err(error) = master.write_all(&[byte; NOISE_CHUNK]).await {
+                    tracing::debug!(%error, "simulated M-Bus: writing noise failed");
                 }
+                continue;
             }
         };
         let bytes = match read {
@@ -891,6 +947,37 @@ async fn serve(line: &Line, master: &mut SerialStream) {
         while let Some(telegram) = next_telegram(&mut pending) {
             let replies = line.receive(telegram);
             line.answer(master, replies).await;
+        }
+        partial_until =
+            (!pending.is_empty()).then(|| tokio::time::Instant::now() + PARTIAL_TIMEOUT);
+    }
+}
+
+/// Sleeps until `at`; forever without it.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The byte of the next noise chunk, [`NOISE_PERIOD`] after the last one, once noise is on.
+async fn next_noise(noise: &mut watch::Receiver<Option<u8>>) -> u8 {
+    loop {
+        let current = *noise.borrow_and_update();
+        match current {
+            Some(_) => {
+                tokio::time::sleep(NOISE_PERIOD).await;
+                if let Some(byte) = *noise.borrow() {
+                    return byte;
+                }
+            }
+            None => {
+                if noise.changed().await.is_err() {
+                    // The line is going away: no more noise.
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
 }
@@ -1379,6 +1466,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn noise_streams_until_it_is_switched_off() {
+        let (bus, mut port) = start(vec![SimSlave::heat_meter(5, 12_345_678)]).await;
+        bus.set_noise(Some(0x00));
+        // Far more than one chunk: it keeps coming.
+        assert_eq!(
+            read_n(&mut port, 20 * NOISE_CHUNK).await,
+            [0x00; 20 * NOISE_CHUNK]
+        );
+        // The slaves still answer, amid the noise.
+        port.write_all(&hex(SND_NKE_5)).await.unwrap();
+        let mut seen = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            while !seen.contains(&0xE5) {
+                seen.extend(read_n(&mut port, 1).await);
+            }
+        })
+        .await
+        .expect("the acknowledgement comes");
+        assert!(seen.iter().all(|&b| b == 0x00 || b == 0xE5), "{seen:02X?}");
+        bus.set_noise(None);
+        // At most one chunk was on its way; then silence, and a clean answer.
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, async {
+            while tokio::time::timeout(QUIET, port.read(&mut byte))
+                .await
+                .is_ok()
+            {}
+        })
+        .await
+        .expect("the noise stops");
+        assert_eq!(exchange(&mut port, &hex(SND_NKE_5)).await, [0xE5]);
+        silence(&mut port).await;
+        bus.close().await;
+    }
+
+    #[tokio::test]
     async fn absent_slaves_never_answer_and_do_not_change() {
         let (bus, mut port) = start(vec![SimSlave::heat_meter(5, 12_345_678)]).await;
         bus.set_absent(5, true);
@@ -1487,6 +1610,31 @@ mod tests {
         let minimum = char_time * (5 + 62) + Duration::from_millis(20);
         assert!(answered >= minimum, "{answered:?} < {minimum:?}");
         assert!(answered < minimum + Duration::from_secs(2), "{answered:?}");
+        bus.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_trickles_in_a_character_at_a_time() {
+        // 300 baud: 36.7 ms a character, 2.27 s for the heat meter's 62 bytes.
+        let bus = SimMbus::start(
+            vec![SimSlave::heat_meter(5, 12_345_678)],
+            MbusLineOptions {
+                echo: false,
+                timing: Some((300, Duration::ZERO)),
+            },
+        )
+        .await
+        .unwrap();
+        let mut port = open(&bus);
+        port.write_all(&hex(REQ_UD2_5_FCB1)).await.unwrap();
+        let mut answer = read_n(&mut port, 1).await;
+        let first = Instant::now();
+        answer.extend(read_n(&mut port, 61).await);
+        let span = first.elapsed();
+        assert_eq!(answer, hex(HEAT_METER_5));
+        // Written all at once, the bytes would arrive together; paced, the last one comes about
+        // 61 characters (2.2 s) after the first. Only a stall of over a second could hide that.
+        assert!(span >= Duration::from_secs(1), "{span:?}");
         bus.close().await;
     }
 
