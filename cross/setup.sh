@@ -34,7 +34,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- Debian packages -------------------------------------------------------------------------
-pkgs=(qemu-user python3-venv)
+# file: build.sh checks what it built; systemd: deb.sh runs systemd-analyze on the unit.
+pkgs=(qemu-user python3-venv file)
 targets=()
 if [ $want_aarch64 = 1 ]; then
   # libc6-dev-*-cross are only Recommends of the cross gcc: name them (cross.md §1).
@@ -45,7 +46,7 @@ if [ $want_armv7 = 1 ]; then
   pkgs+=(gcc-arm-linux-gnueabihf binutils-arm-linux-gnueabihf libc6-dev-armhf-cross)
   targets+=(armv7-unknown-linux-gnueabihf)
 fi
-[ $want_deb = 1 ] && pkgs+=(dpkg-dev)
+[ $want_deb = 1 ] && pkgs+=(dpkg-dev systemd)
 
 missing=()
 for p in "${pkgs[@]}"; do
