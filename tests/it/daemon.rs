@@ -689,6 +689,17 @@ timeout = "300ms"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_unreachable_endpoint_leaves_the_other_on_schedule_and_logs_once_each_way() {
+    one_endpoint_down(false).await;
+}
+
+/// The same with an endpoint that accepts the connection but never answers (every request runs
+/// into its timeout), the harder case for the other bus's schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_silent_endpoint_leaves_the_other_on_schedule_and_logs_once_each_way() {
+    one_endpoint_down(true).await;
+}
+
+async fn one_endpoint_down(silent: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
     let a = SimModbus::start(vec![SimMeter::sdm630(1)])
@@ -697,7 +708,11 @@ async fn one_unreachable_endpoint_leaves_the_other_on_schedule_and_logs_once_eac
     let b = SimModbus::start(vec![SimMeter::sdm630(1)])
         .await
         .expect("sim b");
-    b.set_refusing(true).await.expect("refuse");
+    if silent {
+        b.set_silent(1, true);
+    } else {
+        b.set_refusing(true).await.expect("refuse");
+    }
     let text = format!(
         "{}{}{}",
         head(&api.base_url(), dir.path()),
@@ -710,7 +725,11 @@ async fn one_unreachable_endpoint_leaves_the_other_on_schedule_and_logs_once_eac
     assert!(wait_for(&api, |acc| series(acc, "A_E").len() >= 5).await);
     let a_during_outage = series(&api.accepted(), "A_E").len();
     assert_eq!(series(&api.accepted(), "B_E").len(), 0);
-    b.set_refusing(false).await.expect("serve");
+    if silent {
+        b.set_silent(1, false);
+    } else {
+        b.set_refusing(false).await.expect("serve");
+    }
     assert!(wait_for(&api, |acc| series(acc, "B_E").len() >= 2).await);
     let elapsed = t0.elapsed().as_secs_f64();
     sigterm(&child);
@@ -819,6 +838,16 @@ async fn kill_9_during_an_api_outage_loses_no_committed_reading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_0_within_10_s_with_the_queue_intact() {
+    stops_cleanly_on("-TERM").await;
+}
+
+/// Ctrl-C in a terminal is the same clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_0_within_10_s_with_the_queue_intact() {
+    stops_cleanly_on("-INT").await;
+}
+
+async fn stops_cleanly_on(signal: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
     // The API hangs: an in-flight request must not hold up the stop.
@@ -837,7 +866,12 @@ async fn sigterm_exits_0_within_10_s_with_the_queue_intact() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sigterm(&child);
+    let ok = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
     let (code, took, stderr) = wait_exit(child, Duration::from_secs(10));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(took < Duration::from_secs(10), "{took:?}");
