@@ -38,6 +38,8 @@ pub struct SenderSettings {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub max_backoff: Duration,
+    /// The first backoff ceiling (SPEC: 1 s; tests scale it down).
+    pub backoff_base: Duration,
     pub ca_file: Option<PathBuf>,
     pub token: Option<TokenSource>,
     /// Pause after a credential/URL problem before trying again (SPEC: every minute).
@@ -58,6 +60,7 @@ impl SenderSettings {
             timeout: api.timeout,
             max_in_flight: api.max_in_flight.max(1),
             max_backoff: api.max_backoff,
+            backoff_base: backoff::BASE,
             ca_file: api.ca_file.clone(),
             token: TokenSource::resolve(api.token_file.as_deref()),
             auth_retry: Duration::from_secs(60),
@@ -246,12 +249,12 @@ struct SeriesState {
 }
 
 impl SeriesState {
-    fn new(cap: Duration) -> SeriesState {
+    fn new(base: Duration, cap: Duration) -> SeriesState {
         SeriesState {
             cursor: 0,
             buffer: VecDeque::new(),
             next_hint: i64::MAX,
-            backoff: Backoff::new(cap),
+            backoff: Backoff::with_base(base, cap),
             not_before: None,
             busy: false,
             exhausted: false,
@@ -310,7 +313,7 @@ pub struct Sender {
 impl Sender {
     pub fn new(s: SenderSettings, queue: Queue) -> Result<Sender, SenderError> {
         let client = http_client(&s)?;
-        let cap = s.max_backoff;
+        let (base, cap) = (s.backoff_base, s.max_backoff);
         Ok(Sender {
             auth_log: Every::new(s.error_log_every),
             warn_log: Every::new(Duration::from_secs(60)),
@@ -320,8 +323,8 @@ impl Sender {
             token: None,
             series: HashMap::new(),
             pause: None,
-            network: Backoff::new(cap),
-            slowdown: Backoff::new(cap),
+            network: Backoff::with_base(base, cap),
+            slowdown: Backoff::with_base(base, cap),
             breaker: Breaker::default(),
             last_delivery_record: None,
             outage_since: None,
@@ -543,7 +546,7 @@ impl Sender {
     }
 
     fn note_pending(&mut self, pending: &[crate::queue::PendingSeries]) {
-        let cap = self.s.max_backoff;
+        let (base, cap) = (self.s.backoff_base, self.s.max_backoff);
         for p in pending {
             self.scanned_upto = self.scanned_upto.max(p.last_id);
             let st = match self.series.get_mut(&p.series) {
@@ -551,7 +554,7 @@ impl Sender {
                 None => self
                     .series
                     .entry(p.series.clone())
-                    .or_insert_with(|| SeriesState::new(cap)),
+                    .or_insert_with(|| SeriesState::new(base, cap)),
             };
             if p.last_id > st.cursor {
                 st.exhausted = false;

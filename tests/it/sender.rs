@@ -2,6 +2,7 @@
 //! loopback to the stand-in API, which checks the wire format and fails on command.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use enectiva_collector::config::IdField;
@@ -156,39 +157,199 @@ async fn delivers_in_order_per_series_exactly_once() {
     rig.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_503_then_refused_accumulates_then_drains_in_order() {
-    let rig = Rig::start(TOKEN, |s| s.max_backoff = Duration::from_secs(1)).await;
-    let series = ["A", "B"];
-    rig.api.script(std::iter::repeat_n(Answer::Status(503), 12));
-    let all = interleaved(&series, 30);
-    rig.commit(all[..20].to_vec()).await;
-    assert!(rig.api.wait_attempts(12, LONG).await);
-    // 503 pauses every series with a growing, jittered backoff (cap 1 s here).
-    let attempts = rig.api.attempts();
-    let gaps: Vec<f64> = attempts[..12]
+/// Accepts every connection on `addr` and closes it at once, noting when: to the sender a
+/// connection failure like a refused port, but one that can be counted.
+struct Slammer {
+    accepted: Arc<Mutex<Vec<Instant>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Slammer {
+    async fn start(addr: std::net::SocketAddr) -> Slammer {
+        // tokio sets SO_REUSEADDR, so the stand-in's TIME_WAIT sockets do not block this.
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        a = listener.accept() => {
+                            if a.is_ok() {
+                                accepted.lock().expect("lock").push(Instant::now());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Slammer {
+            accepted,
+            stop,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> Vec<Instant> {
+        self.accepted.lock().expect("lock").clone()
+    }
+
+    /// Closes the listener (the port refuses again) and returns every accept time.
+    async fn stop(self) -> Vec<Instant> {
+        let Slammer {
+            accepted,
+            stop,
+            task,
+        } = self;
+        stop.cancel();
+        task.await.expect("join");
+        accepted.lock().expect("lock").clone()
+    }
+}
+
+/// Polls `cond` until it holds, at most [`LONG`]; false on timeout.
+async fn until(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + LONG;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Seconds between consecutive instants.
+fn gaps(times: &[Instant]) -> Vec<f64> {
+    times
         .windows(2)
-        .map(|w| (w[1].at - w[0].at).as_secs_f64())
-        .collect();
-    assert!(
-        gaps.iter().all(|g| *g <= 1.0 + 0.3),
-        "gaps above the cap: {gaps:?}"
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .collect()
+}
+
+impl Rig {
+    /// Readings waiting in the queue, with every acknowledgement applied.
+    async fn pending(&self) -> u64 {
+        self.queue.flush().await.expect("flush");
+        self.queue.stats().await.expect("stats").pending
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_503_then_refused_backs_off_exponentially_accumulates_then_drains_in_order() {
+    // Ceilings 25 ms, 50 ms, … 3.2 s, then the 4 s cap: nine failures per phase reach it.
+    const BASE: Duration = Duration::from_millis(25);
+    const CAP: Duration = Duration::from_secs(4);
+    const FAILURES: usize = 9;
+    // Scheduling and loopback latency a gap may add to its delay.
+    const SLACK: f64 = 0.5;
+    let ceiling = |k: usize| (BASE * (1u32 << k)).min(CAP).as_secs_f64();
+    // One request at a time, so each failure draws exactly one delay from the schedule.
+    let rig = Rig::start(TOKEN, |s| {
+        s.backoff_base = BASE;
+        s.max_backoff = CAP;
+        s.max_in_flight = 1;
+    })
+    .await;
+    let series = ["A", "B"];
+    let all = interleaved(&series, 30);
+
+    // 1. 503s: all series pause with the slow-down schedule. The last one asks for 2 s, so
+    // the API can go away while nothing is being sent.
+    rig.api.script(
+        std::iter::repeat_n(Answer::Status(503), FAILURES)
+            .chain([Answer::StatusRetryAfter(503, "2".into())]),
     );
-    let mean = gaps[3..].iter().sum::<f64>() / gaps[3..].len() as f64;
-    assert!(mean > 0.15, "no backoff: {gaps:?}");
-    // Then the API disappears (connection refused) while readings keep coming.
+    rig.commit(all[..20].to_vec()).await;
+    assert_eq!(rig.pending().await, 20);
+    assert!(
+        until(|| rig
+            .api
+            .attempts()
+            .iter()
+            .filter(|a| a.status == Some(503))
+            .count()
+            > FAILURES)
+        .await,
+        "503s answered: {:?}",
+        rig.api.attempts()
+    );
+    let slow_down: Vec<Instant> = rig.api.attempts().iter().map(|a| a.at).collect();
+
+    // 2. Connection failures, counted: the network schedule starts again from the base.
     rig.api.set_mode(Mode::Down).await.expect("down");
+    let slammer = Slammer::start(rig.api.addr()).await;
     rig.commit(all[20..40].to_vec()).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rig.pending().await,
+        40,
+        "readings pile up during the outage"
+    );
+    assert!(
+        until(|| slammer.accepted().len() > FAILURES).await,
+        "{} connection attempts",
+        slammer.accepted().len()
+    );
+    let unreachable = slammer.stop().await;
+    // 3. Refused (nothing listens) while more readings come.
     rig.commit(all[40..].to_vec()).await;
+    assert_eq!(
+        rig.pending().await,
+        60,
+        "readings pile up during the outage"
+    );
+    assert_eq!(rig.api.accepted_count(), 0);
+    assert_eq!(
+        rig.api.attempts().len(),
+        FAILURES + 1,
+        "no request reached the stand-in while it was away"
+    );
+
+    // Each delay is drawn from [0, ceiling_k] (full jitter, ceiling doubling to the cap).
+    let mut early = Vec::new();
+    let mut late = Vec::new();
+    for (phase, times) in [("503", &slow_down[..]), ("unreachable", &unreachable[..])] {
+        let g = gaps(&times[..=FAILURES]);
+        for (k, gap) in g.iter().enumerate() {
+            assert!(
+                *gap <= ceiling(k) + SLACK,
+                "{phase}: gap {k} is {gap:.3} s, ceiling {} s: {g:?}",
+                ceiling(k)
+            );
+        }
+        early.extend_from_slice(&g[..4]);
+        late.extend_from_slice(&g[5..]);
+    }
+    // The ceiling grows: a schedule stuck at 25 ms could never wait 0.3 s. With full jitter
+    // all eight later gaps (ceilings 0.8, 1.6, 3.2 and 4 s, twice) stay under 0.3 s with a
+    // chance of (0.375 × 0.1875 × 0.094 × 0.075)² ≈ 2.4e-7.
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        max(&late) > 0.3 && max(&late) > max(&early),
+        "no growth: early {early:?}, late {late:?}"
+    );
+    assert!(
+        mean(&late) > mean(&early),
+        "no growth: early {early:?}, late {late:?}"
+    );
+
+    // Back: everything is delivered once, in order per series, oldest first.
     rig.api.set_mode(Mode::Normal).await.expect("up");
     assert!(
         rig.api.wait_accepted(60, LONG).await,
         "accepted {}",
         rig.api.accepted_count()
     );
-    assert_in_order(&rig.api.accepted(), &series, 30);
+    let acc = rig.api.accepted();
+    assert_eq!(acc.len(), 60);
+    assert_in_order(&acc, &series, 30);
     let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    assert_eq!(stats.counters.get("delivered"), Some(&60));
     assert_eq!(stats.counters.get("dead_lettered"), None);
     rig.stop().await;
 }
