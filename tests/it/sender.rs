@@ -355,6 +355,139 @@ async fn outage_503_then_refused_backs_off_exponentially_accumulates_then_drains
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_answered_408_or_5xx_backs_off_alone_while_the_others_keep_sending() {
+    const BASE: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(2);
+    const SLACK: f64 = 0.5;
+    let ceiling = |k: usize| (BASE * (1u32 << k)).min(CAP).as_secs_f64();
+    let rig = Rig::start(TOKEN, |s| {
+        s.backoff_base = BASE;
+        s.max_backoff = CAP;
+        s.max_in_flight = 2;
+    })
+    .await;
+    let failing = [("A", 500), ("B", 408), ("C", 502)];
+    for (id, status) in failing {
+        rig.api.reject_import_id(id, status);
+    }
+    let series = ["A", "B", "C", "D", "E"];
+    rig.commit(interleaved(&series, 20)).await;
+    // A, B and C hold the oldest readings, so a pause of all series (or a shared backoff)
+    // would keep sending them first and D and E would starve.
+    assert!(
+        rig.api.wait_accepted(40, LONG).await,
+        "the healthy series stalled: accepted {}",
+        rig.api.accepted_count()
+    );
+    let acc = rig.api.accepted();
+    assert_in_order(&acc, &["D", "E"], 20);
+    let attempts_of = |id: &str| -> Vec<enectiva_collector::sim::api::Attempt> {
+        rig.api
+            .attempts()
+            .into_iter()
+            .filter(|a| a.import_id.as_deref() == Some(id))
+            .collect()
+    };
+    let last_delivery = rig
+        .api
+        .attempts()
+        .iter()
+        .filter(|a| a.status == Some(201))
+        .map(|a| a.at)
+        .max()
+        .expect("deliveries");
+    for (id, _) in failing {
+        assert!(
+            attempts_of(id)
+                .first()
+                .is_some_and(|a| a.at < last_delivery),
+            "{id} was not failing while the others were delivered"
+        );
+    }
+    // Each failing series retries on its own schedule, with its own ceilings.
+    assert!(
+        until(|| failing.iter().all(|(id, _)| attempts_of(id).len() >= 7)).await,
+        "a failing series stopped retrying"
+    );
+    for (id, status) in failing {
+        let attempts = attempts_of(id);
+        assert!(
+            attempts
+                .iter()
+                .all(|a| a.status.is_none_or(|s| s == status)),
+            "{id}: {attempts:?}"
+        );
+        let times: Vec<Instant> = attempts.iter().map(|a| a.at).collect();
+        let g = gaps(&times[..7]);
+        for (k, gap) in g.iter().enumerate() {
+            assert!(
+                *gap <= ceiling(k) + SLACK,
+                "{id}: gap {k} is {gap:.3} s, ceiling {} s: {g:?}",
+                ceiling(k)
+            );
+        }
+    }
+    assert_eq!(
+        rig.pending().await,
+        60,
+        "nothing of the failing series is lost"
+    );
+    // Fixed: the failing series drain in order; nothing was dead-lettered.
+    for (id, _) in failing {
+        rig.api.clear_rejection(id);
+    }
+    assert!(
+        rig.api.wait_accepted(100, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
+    assert_in_order(&rig.api.accepted(), &series, 20);
+    let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    assert_eq!(stats.counters.get("dead_lettered"), None);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_one_request_in_flight_per_series() {
+    // Four slots but two series: the spare slots must stay unused.
+    let rig = Rig::start(TOKEN, |s| s.max_in_flight = 4).await;
+    rig.api.set_delay(Duration::from_millis(150));
+    rig.commit(interleaved(&["A", "B"], 8)).await;
+    assert!(
+        rig.api.wait_accepted(16, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
+    let c = rig.api.concurrency();
+    assert_eq!(c.max_per_import_id.get("A"), Some(&1), "{c:?}");
+    assert_eq!(c.max_per_import_id.get("B"), Some(&1), "{c:?}");
+    // Both series were sent at once (the answers were held long enough to overlap).
+    assert_eq!(c.max, 2, "{c:?}");
+    assert_in_order(&rig.api.accepted(), &["A", "B"], 8);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_max_in_flight_requests_at_once() {
+    let rig = Rig::start(TOKEN, |s| s.max_in_flight = 3).await;
+    rig.api.set_delay(Duration::from_millis(150));
+    let series = ["A", "B", "C", "D", "E", "F", "G", "H"];
+    rig.commit(interleaved(&series, 3)).await;
+    assert!(
+        rig.api.wait_accepted(24, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
+    let c = rig.api.concurrency();
+    // Eight series were ready, three went at once: the limit is used and never exceeded.
+    assert_eq!(c.max, 3, "{c:?}");
+    assert_eq!(c.max_per_series(), 1, "{c:?}");
+    assert_in_order(&rig.api.accepted(), &series, 3);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_pauses_everything() {
     let rig = Rig::start(TOKEN, |_| {}).await;
     rig.api.script([Answer::StatusRetryAfter(429, "3".into())]);
