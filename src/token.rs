@@ -4,11 +4,16 @@
 //! `api.token_file`, then `$ENECTIVA_TOKEN`. After a 401/403 the sender reads it again from the
 //! same place, so fixing a `token_file` takes effect without a restart. The token's text never
 //! leaves this module except into the `Authorization` header: [`Token`]'s `Debug` and `Display`
-//! are redacted, and no error message quotes it.
+//! are redacted, no error message quotes it, and [`Token::redact`] takes it out of text that
+//! came from elsewhere (an API answer that echoes it) before that text is logged or stored.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+/// What [`Token::redact`] puts where the token was.
+pub const REDACTED: &str = "[token]";
 
 /// The systemd credential name (`LoadCredential=enectiva-token:…`).
 pub const CREDENTIAL_NAME: &str = "enectiva-token";
@@ -51,6 +56,21 @@ impl Token {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.0.hash(&mut h);
         h.finish()
+    }
+
+    /// `text` with every occurrence of the token replaced by [`REDACTED`]: as is, and as it
+    /// reads inside a JSON string (`"` and `\` escaped, `/` optionally as `\/`), since API
+    /// answers are JSON. Borrows when there is nothing to replace.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let escaped = self.0.replace('\\', "\\\\").replace('"', "\\\"");
+        let slashes = escaped.replace('/', "\\/");
+        let mut out = Cow::Borrowed(text);
+        for form in [self.0.as_str(), &escaped, &slashes] {
+            if out.contains(form) {
+                out = Cow::Owned(out.replace(form, REDACTED));
+            }
+        }
+        out
     }
 
     /// `Bearer <token>`, for the `Authorization` header only.
@@ -213,6 +233,32 @@ mod tests {
         assert!(!format!("{t:?} {t}").contains("s3cr3t"));
         let err = Token::new("bad\u{7f}s3cr3t").expect_err("bad");
         assert!(!err.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn redacts_the_token_from_foreign_text() {
+        let t = Token::new("s3cr3t-value").expect("token");
+        let body =
+            r#"{"errors":[{"detail":"bad token s3cr3t-value","meta":"Bearer s3cr3t-value"}]}"#;
+        let r = t.redact(body);
+        assert!(!r.contains("s3cr3t"), "{r}");
+        assert_eq!(r.matches(REDACTED).count(), 2, "{r}");
+        assert!(
+            r.starts_with(r#"{"errors":[{"detail":"bad token [token]""#),
+            "{r}"
+        );
+        assert!(matches!(
+            t.redact("nothing here"),
+            Cow::Borrowed("nothing here")
+        ));
+        // Inside a JSON string a token's quote, backslash or slash may be escaped.
+        let odd = Token::new(r#"a"b\c/d"#).expect("token");
+        let json = serde_json::json!({ "detail": r#"echo a"b\c/d"# }).to_string();
+        assert!(json.contains(r#"a\"b\\c/d"#), "{json}");
+        let r = odd.redact(&json);
+        assert_eq!(r, r#"{"detail":"echo [token]"}"#);
+        assert_eq!(odd.redact(r#"x a\"b\\c\/d y"#), "x [token] y");
+        assert_eq!(odd.redact(r#"a"b\c/d"#), "[token]");
     }
 
     #[test]

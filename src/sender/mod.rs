@@ -7,7 +7,8 @@
 //! pause on 429/503 (`Retry-After` as a floor), on network failures (global backoff) and on
 //! credential or URL problems (retry every minute, token re-read). Nothing here ever drops a
 //! reading. All in-flight requests live inside this one task (no spawning), so cancelling the
-//! task abandons them; they are re-sent later and the API answers 409.
+//! task abandons them; they are re-sent later and the API answers 409. Whatever the API says
+//! back is stripped of the token ([`Token::redact`]) before it is logged or stored.
 
 pub mod backoff;
 pub mod classify;
@@ -121,6 +122,30 @@ enum Answer {
         body: String,
     },
     Failed(String),
+}
+
+impl Answer {
+    /// Takes `token` out of everything the API (or the HTTP stack) said, before any of it is
+    /// logged or stored.
+    fn redact(self, token: Option<&Token>) -> Answer {
+        let Some(token) = token else {
+            return self;
+        };
+        match self {
+            Answer::Http {
+                status,
+                retry_after,
+                server_time,
+                body,
+            } => Answer::Http {
+                status,
+                retry_after,
+                server_time,
+                body: token.redact(&body).into_owned(),
+            },
+            Answer::Failed(err) => Answer::Failed(token.redact(&err).into_owned()),
+        }
+    }
 }
 
 /// Reads at most this much of an answer body (API answers are small).
@@ -445,10 +470,12 @@ impl Sender {
                     continue;
                 };
                 let client = self.client.clone();
+                // The token this request carries is the one its answer could echo.
+                let sent_with = self.token.clone();
                 inflight.push(async move {
                     let (url, auth, body) = req;
                     let answer = post(client, url, auth, body).await;
-                    (series, reading, answer)
+                    (series, reading, answer.redact(sent_with.as_ref()))
                 });
             }
             let wake = self.next_wake(Instant::now());
@@ -697,6 +724,8 @@ impl Sender {
         if let Some(st) = self.series.get_mut(&series) {
             st.busy = false;
         }
+        // And the token held now, should it have been re-read while the request was out.
+        let answer = answer.redact(self.token.as_ref());
         let (status, retry_after, server_time, body) = match answer {
             Answer::Http {
                 status,
@@ -879,9 +908,10 @@ pub async fn latest(
         .header(reqwest::header::ACCEPT, payload::MEDIA_TYPE)
         .send()
         .await
-        .map_err(|e| describe_failure(&e))?;
+        .map_err(|e| token.redact(&describe_failure(&e)).into_owned())?;
     let status = resp.status().as_u16();
     let body = read_body(resp).await;
+    let body = token.redact(&body);
     Ok(match status {
         200 => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();

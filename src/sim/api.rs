@@ -199,6 +199,7 @@ impl StandIn {
                 stored: HashSet::new(),
                 attempts: Vec::new(),
                 next_id: 0,
+                echo_token: false,
                 held: 0,
                 max_held: 0,
                 held_per_id: HashMap::new(),
@@ -274,6 +275,13 @@ impl StandIn {
             control.listening = Some(Generation::spawn(&self.shared, listener));
         }
         Ok(())
+    }
+
+    /// Make every error answer quote the token its request carried (`Bearer <token>` at the
+    /// end of the detail), like an API that echoes credentials: the sender must not pass it on
+    /// to its logs or database.
+    pub fn set_echo_token(&self, on: bool) {
+        self.shared.lock().echo_token = on;
     }
 
     /// Wait this long before answering every request (slow answers). Zero turns it off.
@@ -425,6 +433,7 @@ struct State {
     stored: HashSet<(Kind, String, String, String, u64)>,
     attempts: Vec<Attempt>,
     next_id: u64,
+    echo_token: bool,
     /// Requests between arrival and answer, now and at most (see [`Concurrency`]).
     held: usize,
     max_held: usize,
@@ -628,6 +637,11 @@ async fn handle(
         }
         (None, None) => process(&shared, &parts, route, &body),
     };
+    let echo = shared.lock().echo_token && reply.status >= 400;
+    let reply = match parts.headers.get(AUTHORIZATION) {
+        Some(sent) if echo => reply.echo(&String::from_utf8_lossy(sent.as_bytes())),
+        _ => reply,
+    };
     shared.answered(index, reply.status);
     Ok(reply.into_response())
 }
@@ -806,6 +820,21 @@ impl Reply {
             "errors": [{"status": status.to_string(), "title": title, "detail": detail.into()}]
         });
         Reply::json(status, body.to_string())
+    }
+
+    /// Appends `authorization` to the detail of an error document ([`StandIn::set_echo_token`]).
+    fn echo(mut self, authorization: &str) -> Reply {
+        if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&self.body) {
+            if let Some(detail) = doc.pointer_mut("/errors/0/detail") {
+                let text = format!(
+                    "{} (request authorized with {authorization})",
+                    detail.as_str().unwrap_or_default()
+                );
+                *detail = serde_json::Value::from(text);
+                self.body = doc.to_string();
+            }
+        }
+        self
     }
 
     fn retry_after(mut self, value: Option<String>) -> Reply {
@@ -1855,6 +1884,28 @@ mod tests {
             .unwrap_err();
         assert!(error.is_timeout(), "{error}");
         api.set_delay(Duration::ZERO);
+        api.stop().await;
+    }
+
+    #[tokio::test]
+    async fn echoes_the_token_in_error_details_on_request() {
+        let api = start().await;
+        api.reject_import_id("BAD", 400);
+        let (status, _, json) = post(&api, "readings", reading("BAD", T0, "1")).await;
+        assert_eq!(status, 400);
+        assert!(!detail(&json).contains(TOKEN), "no echo unless asked");
+        api.set_echo_token(true);
+        let (status, _, json) = post(&api, "readings", reading("BAD", T0, "1")).await;
+        assert_eq!(status, 400);
+        assert!(detail(&json).contains("is rejected"), "{json}");
+        assert!(
+            detail(&json).ends_with(&format!("Bearer {TOKEN})")),
+            "{json}"
+        );
+        // Answers that are not errors stay as they were.
+        let (status, _, json) = post(&api, "readings", reading("GOOD", T0, "1")).await;
+        assert_eq!(status, 201);
+        assert!(!json.to_string().contains(TOKEN), "{json}");
         api.stop().await;
     }
 

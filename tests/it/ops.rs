@@ -416,6 +416,8 @@ async fn the_token_never_appears_in_logs_status_or_the_database() {
     let api = StandIn::start(CUSTOMER, "another-token")
         .await
         .expect("api");
+    // Every error answer quotes the token it was sent (401, 400 → dead letter, 503, …).
+    api.set_echo_token(true);
     std::fs::write(dir.path().join("token"), TOKEN).expect("token");
     let sim = SimModbus::start(vec![SimMeter::sdm630(1), SimMeter::sdm630(2)])
         .await

@@ -542,6 +542,72 @@ async fn duplicate_counts_as_delivered_and_rejection_is_dead_lettered() {
     rig.stop().await;
 }
 
+/// Files in `dir` (the queue and its WAL, not the token file) whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "token"))
+        .filter(|p| {
+            std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_api_echoes_is_redacted_from_last_error_and_dead_letters() {
+    const WRONG: &str = "wrong-but-secret-7a1f";
+    let rig = Rig::start(WRONG, |s| s.max_in_flight = 1).await;
+    rig.api.set_echo_token(true);
+    rig.api.reject_import_id("A", 400);
+    rig.commit(interleaved(&["A", "B"], 2)).await;
+    // 401, whose detail quotes the (wrong) token: it becomes `last_error`.
+    assert!(rig.api.wait_answered(401, LONG).await);
+    let last_error = || {
+        queue::status(&rig.queue_path())
+            .ok()
+            .and_then(|s| s.state.get("last_error").cloned())
+            .unwrap_or_default()
+    };
+    let mut seen = String::new();
+    assert!(
+        until(|| {
+            seen = last_error();
+            seen.contains("401")
+        })
+        .await,
+        "last_error: {seen:?}"
+    );
+    assert!(
+        seen.contains("[token]") && !seen.contains(WRONG),
+        "last_error: {seen:?}"
+    );
+    // The right token: A's readings are rejected with the token in the body (dead letters).
+    std::fs::write(&rig.token_file, TOKEN).expect("token");
+    assert!(rig.api.wait_accepted(2, LONG).await);
+    let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    let dead = queue::dead_list(&rig.queue_path()).expect("dead");
+    assert_eq!(dead.len(), 2);
+    for d in &dead {
+        let body = d.body.as_deref().unwrap_or_default();
+        assert!(
+            d.reason.contains("[token]") && body.contains("[token]"),
+            "{d:?}"
+        );
+        assert!(!d.reason.contains(TOKEN) && !body.contains(TOKEN), "{d:?}");
+    }
+    let dir = rig.stop().await;
+    for token in [TOKEN, WRONG] {
+        assert_eq!(
+            files_containing(dir.path(), token),
+            Vec::<PathBuf>::new(),
+            "token in a file"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_drops_nothing_and_resumes_when_the_token_file_is_fixed() {
     let rig = Rig::start("wrong-token", |_| {}).await;
