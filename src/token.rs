@@ -163,20 +163,64 @@ impl TokenSource {
         }
     }
 
-    /// A warning when a token file can be read by group or others.
-    pub fn permission_warning(&self) -> Option<String> {
+    /// A token file that can be read by group or others.
+    pub fn loose_permissions(&self) -> Option<LoosePermissions> {
         let TokenSource::File(p) = self else {
             return None;
         };
-        let mode = std::fs::metadata(p).ok()?.permissions().mode();
-        (mode & 0o077 != 0).then(|| {
-            format!(
-                "token_file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
-                p.display(),
-                mode & 0o777,
-                p.display()
-            )
+        let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| LoosePermissions {
+            path: p.clone(),
+            mode,
         })
+    }
+
+    /// A warning when a token file can be read by group or others.
+    pub fn permission_warning(&self) -> Option<String> {
+        self.loose_permissions().map(|l| l.to_string())
+    }
+}
+
+/// A token file readable by group or others, and its mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoosePermissions {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+impl fmt::Display for LoosePermissions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "token_file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
+            self.path.display(),
+            self.mode,
+            self.path.display()
+        )
+    }
+}
+
+/// Says each loose token file once: the token is read again after every credential problem
+/// (every minute while one lasts), and the same warning each time would drown the log.
+#[derive(Debug, Default)]
+pub struct PermissionWarnings {
+    last: Option<LoosePermissions>,
+}
+
+impl PermissionWarnings {
+    /// The warning to log now: the first time `source` is seen with a given loose mode. A
+    /// file found tight again is forgotten, so loosening it later warns again.
+    pub fn check(&mut self, source: &TokenSource) -> Option<String> {
+        let Some(loose) = source.loose_permissions() else {
+            self.last = None;
+            return None;
+        };
+        if self.last.as_ref() == Some(&loose) {
+            return None;
+        }
+        let warning = loose.to_string();
+        self.last = Some(loose);
+        Some(warning)
     }
 }
 
@@ -273,5 +317,39 @@ mod tests {
         assert!(w.contains("chmod 600"), "{w}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(TokenSource::File(file).permission_warning(), None);
+    }
+
+    #[test]
+    fn a_loose_file_is_warned_about_once_per_path_and_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chmod = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "t").expect("write");
+        std::fs::write(&b, "t").expect("write");
+        let (src_a, src_b) = (TokenSource::File(a.clone()), TokenSource::File(b.clone()));
+        let mut w = PermissionWarnings::default();
+        chmod(&a, 0o640);
+        let first = w.check(&src_a).expect("warning");
+        assert!(first.contains("mode 640"), "{first}");
+        // Read again and again (an auth pause): quiet.
+        for _ in 0..5 {
+            assert_eq!(w.check(&src_a), None);
+        }
+        // Another mode, or another file: a new warning.
+        chmod(&a, 0o644);
+        assert!(w.check(&src_a).expect("warning").contains("mode 644"));
+        assert_eq!(w.check(&src_a), None);
+        chmod(&b, 0o604);
+        assert!(w.check(&src_b).expect("warning").contains("mode 604"));
+        assert_eq!(w.check(&src_b), None);
+        // Fixed, then loosened again: warned again.
+        chmod(&b, 0o600);
+        assert_eq!(w.check(&src_b), None);
+        chmod(&b, 0o604);
+        assert!(w.check(&src_b).is_some());
+        // Other sources never warn.
+        assert_eq!(w.check(&TokenSource::Env), None);
     }
 }

@@ -25,7 +25,7 @@ use crate::config::{Api, IdField};
 use crate::events;
 use crate::queue::{Queue, QueueError, QueuedReading};
 use crate::reading::Series;
-use crate::token::{Token, TokenError, TokenSource};
+use crate::token::{PermissionWarnings, Token, TokenError, TokenSource};
 use backoff::Backoff;
 use classify::{Breaker, Outcome, Verdict};
 
@@ -319,6 +319,8 @@ pub struct Sender {
     queue: Queue,
     client: reqwest::Client,
     token: Option<Token>,
+    /// The token is read again after every credential problem; a loose file is said once.
+    permission_warnings: PermissionWarnings,
     series: HashMap<Series, SeriesState>,
     pause: Option<(PauseKind, Instant)>,
     network: Backoff,
@@ -346,6 +348,7 @@ impl Sender {
             queue,
             client,
             token: None,
+            permission_warnings: PermissionWarnings::default(),
             series: HashMap::new(),
             pause: None,
             network: Backoff::with_base(base, cap),
@@ -371,7 +374,7 @@ impl Sender {
             self.token = None;
             return Err(TokenError::NoSource);
         };
-        if let Some(w) = src.permission_warning() {
+        if let Some(w) = self.permission_warnings.check(src) {
             tracing::warn!("{w}");
         }
         match src.read() {
