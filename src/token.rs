@@ -4,11 +4,16 @@
 //! `api.token_file`, then `$ENECTIVA_TOKEN`. After a 401/403 the sender reads it again from the
 //! same place, so fixing a `token_file` takes effect without a restart. The token's text never
 //! leaves this module except into the `Authorization` header: [`Token`]'s `Debug` and `Display`
-//! are redacted, and no error message quotes it.
+//! are redacted, no error message quotes it, and [`Token::redact`] takes it out of text that
+//! came from elsewhere (an API answer that echoes it) before that text is logged or stored.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+/// What [`Token::redact`] puts where the token was.
+pub const REDACTED: &str = "[token]";
 
 /// The systemd credential name (`LoadCredential=enectiva-token:…`).
 pub const CREDENTIAL_NAME: &str = "enectiva-token";
@@ -51,6 +56,21 @@ impl Token {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.0.hash(&mut h);
         h.finish()
+    }
+
+    /// `text` with every occurrence of the token replaced by [`REDACTED`]: as is, and as it
+    /// reads inside a JSON string (`"` and `\` escaped, `/` optionally as `\/`), since API
+    /// answers are JSON. Borrows when there is nothing to replace.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let escaped = self.0.replace('\\', "\\\\").replace('"', "\\\"");
+        let slashes = escaped.replace('/', "\\/");
+        let mut out = Cow::Borrowed(text);
+        for form in [self.0.as_str(), &escaped, &slashes] {
+            if out.contains(form) {
+                out = Cow::Owned(out.replace(form, REDACTED));
+            }
+        }
+        out
     }
 
     /// `Bearer <token>`, for the `Authorization` header only.
@@ -143,20 +163,64 @@ impl TokenSource {
         }
     }
 
-    /// A warning when a token file can be read by group or others.
-    pub fn permission_warning(&self) -> Option<String> {
+    /// A token file that can be read by group or others.
+    pub fn loose_permissions(&self) -> Option<LoosePermissions> {
         let TokenSource::File(p) = self else {
             return None;
         };
-        let mode = std::fs::metadata(p).ok()?.permissions().mode();
-        (mode & 0o077 != 0).then(|| {
-            format!(
-                "token_file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
-                p.display(),
-                mode & 0o777,
-                p.display()
-            )
+        let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| LoosePermissions {
+            path: p.clone(),
+            mode,
         })
+    }
+
+    /// A warning when a token file can be read by group or others.
+    pub fn permission_warning(&self) -> Option<String> {
+        self.loose_permissions().map(|l| l.to_string())
+    }
+}
+
+/// A token file readable by group or others, and its mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoosePermissions {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+impl fmt::Display for LoosePermissions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "token_file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
+            self.path.display(),
+            self.mode,
+            self.path.display()
+        )
+    }
+}
+
+/// Says each loose token file once: the token is read again after every credential problem
+/// (every minute while one lasts), and the same warning each time would drown the log.
+#[derive(Debug, Default)]
+pub struct PermissionWarnings {
+    last: Option<LoosePermissions>,
+}
+
+impl PermissionWarnings {
+    /// The warning to log now: the first time `source` is seen with a given loose mode. A
+    /// file found tight again is forgotten, so loosening it later warns again.
+    pub fn check(&mut self, source: &TokenSource) -> Option<String> {
+        let Some(loose) = source.loose_permissions() else {
+            self.last = None;
+            return None;
+        };
+        if self.last.as_ref() == Some(&loose) {
+            return None;
+        }
+        let warning = loose.to_string();
+        self.last = Some(loose);
+        Some(warning)
     }
 }
 
@@ -216,6 +280,32 @@ mod tests {
     }
 
     #[test]
+    fn redacts_the_token_from_foreign_text() {
+        let t = Token::new("s3cr3t-value").expect("token");
+        let body =
+            r#"{"errors":[{"detail":"bad token s3cr3t-value","meta":"Bearer s3cr3t-value"}]}"#;
+        let r = t.redact(body);
+        assert!(!r.contains("s3cr3t"), "{r}");
+        assert_eq!(r.matches(REDACTED).count(), 2, "{r}");
+        assert!(
+            r.starts_with(r#"{"errors":[{"detail":"bad token [token]""#),
+            "{r}"
+        );
+        assert!(matches!(
+            t.redact("nothing here"),
+            Cow::Borrowed("nothing here")
+        ));
+        // Inside a JSON string a token's quote, backslash or slash may be escaped.
+        let odd = Token::new(r#"a"b\c/d"#).expect("token");
+        let json = serde_json::json!({ "detail": r#"echo a"b\c/d"# }).to_string();
+        assert!(json.contains(r#"a\"b\\c/d"#), "{json}");
+        let r = odd.redact(&json);
+        assert_eq!(r, r#"{"detail":"echo [token]"}"#);
+        assert_eq!(odd.redact(r#"x a\"b\\c\/d y"#), "x [token] y");
+        assert_eq!(odd.redact(r#"a"b\c/d"#), "[token]");
+    }
+
+    #[test]
     fn group_readable_file_warns() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("tok");
@@ -227,5 +317,39 @@ mod tests {
         assert!(w.contains("chmod 600"), "{w}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(TokenSource::File(file).permission_warning(), None);
+    }
+
+    #[test]
+    fn a_loose_file_is_warned_about_once_per_path_and_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chmod = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "t").expect("write");
+        std::fs::write(&b, "t").expect("write");
+        let (src_a, src_b) = (TokenSource::File(a.clone()), TokenSource::File(b.clone()));
+        let mut w = PermissionWarnings::default();
+        chmod(&a, 0o640);
+        let first = w.check(&src_a).expect("warning");
+        assert!(first.contains("mode 640"), "{first}");
+        // Read again and again (an auth pause): quiet.
+        for _ in 0..5 {
+            assert_eq!(w.check(&src_a), None);
+        }
+        // Another mode, or another file: a new warning.
+        chmod(&a, 0o644);
+        assert!(w.check(&src_a).expect("warning").contains("mode 644"));
+        assert_eq!(w.check(&src_a), None);
+        chmod(&b, 0o604);
+        assert!(w.check(&src_b).expect("warning").contains("mode 604"));
+        assert_eq!(w.check(&src_b), None);
+        // Fixed, then loosened again: warned again.
+        chmod(&b, 0o600);
+        assert_eq!(w.check(&src_b), None);
+        chmod(&b, 0o604);
+        assert!(w.check(&src_b).is_some());
+        // Other sources never warn.
+        assert_eq!(w.check(&TokenSource::Env), None);
     }
 }

@@ -297,6 +297,7 @@ pub async fn sender_rate(
         timeout: Duration::from_secs(10),
         max_in_flight,
         max_backoff: Duration::from_secs(5),
+        backoff_base: Duration::from_secs(1),
         ca_file: None,
         token: Some(enectiva_collector::token::TokenSource::File(
             dir.path().join("token"),

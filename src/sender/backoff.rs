@@ -4,8 +4,9 @@
 //!
 //! SPEC §4: from 1 s, doubling, capped at `api.max_backoff`, full jitter, never giving up. The
 //! crate draws from `current × [1 − f, 1 + f]`; with randomization factor 1 that is
-//! `[0, 2 × current]`, so starting at 0.5 s with `max_interval` at half the cap gives delays
-//! uniform in `[0, min(cap, 2^n s)]`, i.e. full jitter over the doubling schedule.
+//! `[0, 2 × current]`, so starting at half the base with `max_interval` at half the cap gives
+//! delays uniform in `[0, min(cap, base × 2^n)]`, i.e. full jitter over the doubling schedule.
+//! The base is 1 s in the daemon; tests scale it down to see many doublings in little time.
 
 use std::time::Duration;
 
@@ -18,12 +19,22 @@ pub struct Backoff {
     attempts: u32,
 }
 
+/// The first ceiling (SPEC §4: 1 s).
+pub const BASE: Duration = Duration::from_secs(1);
+
 impl Backoff {
+    /// The SPEC schedule: ceilings 1 s, 2 s, 4 s, … up to `cap`.
     pub fn new(cap: Duration) -> Backoff {
-        let cap = cap.max(Duration::from_secs(1));
+        Backoff::with_base(BASE, cap)
+    }
+
+    /// Ceilings `base`, 2 × `base`, 4 × `base`, … up to `cap` (at least `base`).
+    pub fn with_base(base: Duration, cap: Duration) -> Backoff {
+        let base = base.max(Duration::from_millis(1));
+        let cap = cap.max(base);
         let inner = backoff::ExponentialBackoff {
-            current_interval: Duration::from_millis(500),
-            initial_interval: Duration::from_millis(500),
+            current_interval: base / 2,
+            initial_interval: base / 2,
             randomization_factor: 1.0,
             multiplier: 2.0,
             max_interval: cap / 2,
@@ -95,6 +106,34 @@ mod tests {
                 "attempt {n}: no long delay"
             );
         }
+    }
+
+    #[test]
+    fn a_smaller_base_doubles_from_there() {
+        let (base, cap) = (Duration::from_millis(50), Duration::from_secs(4));
+        let ceilings: Vec<Duration> = (0..10).map(|n| (base * (1u32 << n)).min(cap)).collect();
+        let mut longest = vec![Duration::ZERO; ceilings.len()];
+        for _ in 0..400 {
+            let mut b = Backoff::with_base(base, cap);
+            for (n, c) in ceilings.iter().enumerate() {
+                assert_eq!(b.next_ceiling(), *c, "attempt {n}");
+                let d = b.next_delay();
+                assert!(d <= *c + Duration::from_millis(1), "attempt {n}: {d:?}");
+                longest[n] = longest[n].max(d);
+            }
+        }
+        // 400 draws each: the longest is close to its ceiling (P(all < 0.8 c) = 0.8^400).
+        for (n, (l, c)) in longest.iter().zip(&ceilings).enumerate() {
+            assert!(
+                l.as_secs_f64() > 0.8 * c.as_secs_f64(),
+                "attempt {n}: {l:?}"
+            );
+        }
+        assert_eq!(
+            Backoff::with_base(Duration::from_secs(2), Duration::from_secs(1)).next_ceiling(),
+            Duration::from_secs(2),
+            "the cap is at least the base"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! pause on 429/503 (`Retry-After` as a floor), on network failures (global backoff) and on
 //! credential or URL problems (retry every minute, token re-read). Nothing here ever drops a
 //! reading. All in-flight requests live inside this one task (no spawning), so cancelling the
-//! task abandons them; they are re-sent later and the API answers 409.
+//! task abandons them; they are re-sent later and the API answers 409. Whatever the API says
+//! back is stripped of the token ([`Token::redact`]) before it is logged or stored.
 
 pub mod backoff;
 pub mod classify;
@@ -24,7 +25,7 @@ use crate::config::{Api, IdField};
 use crate::events;
 use crate::queue::{Queue, QueueError, QueuedReading};
 use crate::reading::Series;
-use crate::token::{Token, TokenError, TokenSource};
+use crate::token::{PermissionWarnings, Token, TokenError, TokenSource};
 use backoff::Backoff;
 use classify::{Breaker, Outcome, Verdict};
 
@@ -38,6 +39,8 @@ pub struct SenderSettings {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub max_backoff: Duration,
+    /// The first backoff ceiling (SPEC: 1 s; tests scale it down).
+    pub backoff_base: Duration,
     pub ca_file: Option<PathBuf>,
     pub token: Option<TokenSource>,
     /// Pause after a credential/URL problem before trying again (SPEC: every minute).
@@ -58,6 +61,7 @@ impl SenderSettings {
             timeout: api.timeout,
             max_in_flight: api.max_in_flight.max(1),
             max_backoff: api.max_backoff,
+            backoff_base: backoff::BASE,
             ca_file: api.ca_file.clone(),
             token: TokenSource::resolve(api.token_file.as_deref()),
             auth_retry: Duration::from_secs(60),
@@ -121,6 +125,30 @@ enum Answer {
         body: String,
     },
     Failed(String),
+}
+
+impl Answer {
+    /// Takes `token` out of everything the API (or the HTTP stack) said, before any of it is
+    /// logged or stored.
+    fn redact(self, token: Option<&Token>) -> Answer {
+        let Some(token) = token else {
+            return self;
+        };
+        match self {
+            Answer::Http {
+                status,
+                retry_after,
+                server_time,
+                body,
+            } => Answer::Http {
+                status,
+                retry_after,
+                server_time,
+                body: token.redact(&body).into_owned(),
+            },
+            Answer::Failed(err) => Answer::Failed(token.redact(&err).into_owned()),
+        }
+    }
 }
 
 /// Reads at most this much of an answer body (API answers are small).
@@ -249,12 +277,12 @@ struct SeriesState {
 }
 
 impl SeriesState {
-    fn new(cap: Duration) -> SeriesState {
+    fn new(base: Duration, cap: Duration) -> SeriesState {
         SeriesState {
             cursor: 0,
             buffer: VecDeque::new(),
             next_hint: i64::MAX,
-            backoff: Backoff::new(cap),
+            backoff: Backoff::with_base(base, cap),
             not_before: None,
             busy: false,
             exhausted: false,
@@ -294,6 +322,8 @@ pub struct Sender {
     queue: Queue,
     client: reqwest::Client,
     token: Option<Token>,
+    /// The token is read again after every credential problem; a loose file is said once.
+    permission_warnings: PermissionWarnings,
     series: HashMap<Series, SeriesState>,
     pause: Option<(PauseKind, Instant)>,
     network: Backoff,
@@ -313,7 +343,7 @@ pub struct Sender {
 impl Sender {
     pub fn new(s: SenderSettings, queue: Queue) -> Result<Sender, SenderError> {
         let client = http_client(&s)?;
-        let cap = s.max_backoff;
+        let (base, cap) = (s.backoff_base, s.max_backoff);
         Ok(Sender {
             auth_log: Every::new(s.error_log_every),
             warn_log: Every::new(Duration::from_secs(60)),
@@ -321,10 +351,11 @@ impl Sender {
             queue,
             client,
             token: None,
+            permission_warnings: PermissionWarnings::default(),
             series: HashMap::new(),
             pause: None,
-            network: Backoff::new(cap),
-            slowdown: Backoff::new(cap),
+            network: Backoff::with_base(base, cap),
+            slowdown: Backoff::with_base(base, cap),
             breaker: Breaker::default(),
             last_delivery_record: None,
             outage_since: None,
@@ -346,7 +377,7 @@ impl Sender {
             self.token = None;
             return Err(TokenError::NoSource);
         };
-        if let Some(w) = src.permission_warning() {
+        if let Some(w) = self.permission_warnings.check(src) {
             tracing::warn!("{w}");
         }
         match src.read() {
@@ -445,10 +476,12 @@ impl Sender {
                     continue;
                 };
                 let client = self.client.clone();
+                // The token this request carries is the one its answer could echo.
+                let sent_with = self.token.clone();
                 inflight.push(async move {
                     let (url, auth, body) = req;
                     let answer = post(client, url, auth, body).await;
-                    (series, reading, answer)
+                    (series, reading, answer.redact(sent_with.as_ref()))
                 });
             }
             let wake = self.next_wake(Instant::now());
@@ -546,7 +579,7 @@ impl Sender {
     }
 
     fn note_pending(&mut self, pending: &[crate::queue::PendingSeries]) {
-        let cap = self.s.max_backoff;
+        let (base, cap) = (self.s.backoff_base, self.s.max_backoff);
         for p in pending {
             self.scanned_upto = self.scanned_upto.max(p.last_id);
             let st = match self.series.get_mut(&p.series) {
@@ -554,7 +587,7 @@ impl Sender {
                 None => self
                     .series
                     .entry(p.series.clone())
-                    .or_insert_with(|| SeriesState::new(cap)),
+                    .or_insert_with(|| SeriesState::new(base, cap)),
             };
             if p.last_id > st.cursor {
                 st.exhausted = false;
@@ -697,6 +730,8 @@ impl Sender {
         if let Some(st) = self.series.get_mut(&series) {
             st.busy = false;
         }
+        // And the token held now, should it have been re-read while the request was out.
+        let answer = answer.redact(self.token.as_ref());
         let (status, retry_after, server_time, body) = match answer {
             Answer::Http {
                 status,
@@ -879,9 +914,10 @@ pub async fn latest(
         .header(reqwest::header::ACCEPT, payload::MEDIA_TYPE)
         .send()
         .await
-        .map_err(|e| describe_failure(&e))?;
+        .map_err(|e| token.redact(&describe_failure(&e)).into_owned())?;
     let status = resp.status().as_u16();
     let body = read_body(resp).await;
+    let body = token.redact(&body);
     Ok(match status {
         200 => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();

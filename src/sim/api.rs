@@ -6,7 +6,9 @@
 //! must never reuse the crate's payload or sender code, because it exists to prove that code;
 //! it is used by tests and by `demo`, never by the daemon's send path. Faults are scripted
 //! ([`Answer`], [`Mode`], [`StandIn::reject_import_id`]) so tests can prove the sender's
-//! handling of every row of the answer table. Nothing in here panics on network input.
+//! handling of every row of the answer table, and it records every request ([`Attempt`]) and
+//! how many it held at once ([`StandIn::concurrency`]) so tests can prove the sender's limits.
+//! Nothing in here panics on network input.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -132,6 +134,27 @@ pub struct Attempt {
     pub status: Option<u16>,
 }
 
+/// How many requests the handler held at once: a request counts from the moment its body was
+/// read until its answer was chosen (or its connection closed). A client sends the next
+/// request of a series only after the previous answer reached it, so these are lower bounds of
+/// the client's own concurrency: a maximum above a limit proves the client broke it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Requests held now.
+    pub now: usize,
+    /// The most held at once.
+    pub max: usize,
+    /// The most held at once per import id (requests without a parsable id are not counted).
+    pub max_per_import_id: HashMap<String, usize>,
+}
+
+impl Concurrency {
+    /// The largest per-import-id maximum (0 before any request).
+    pub fn max_per_series(&self) -> usize {
+        self.max_per_import_id.values().copied().max().unwrap_or(0)
+    }
+}
+
 /// A running stand-in. Clones share one server; it stops with [`StandIn::stop`] or when the
 /// last clone is dropped.
 ///
@@ -176,6 +199,11 @@ impl StandIn {
                 stored: HashSet::new(),
                 attempts: Vec::new(),
                 next_id: 0,
+                echo_token: false,
+                held: 0,
+                max_held: 0,
+                held_per_id: HashMap::new(),
+                max_held_per_id: HashMap::new(),
             }),
             accepted_tx: watch::Sender::new(0),
             attempts_tx: watch::Sender::new(0),
@@ -249,6 +277,13 @@ impl StandIn {
         Ok(())
     }
 
+    /// Make every error answer quote the token its request carried (`Bearer <token>` at the
+    /// end of the detail), like an API that echoes credentials: the sender must not pass it on
+    /// to its logs or database.
+    pub fn set_echo_token(&self, on: bool) {
+        self.shared.lock().echo_token = on;
+    }
+
     /// Wait this long before answering every request (slow answers). Zero turns it off.
     pub fn set_delay(&self, delay: Duration) {
         self.shared.lock().delay = delay;
@@ -266,6 +301,17 @@ impl StandIn {
     /// Every request that reached the handler, in arrival order.
     pub fn attempts(&self) -> Vec<Attempt> {
         self.shared.lock().attempts.clone()
+    }
+
+    /// Requests held at once, overall and per import id (hold answers with
+    /// [`StandIn::set_delay`] to make a client's concurrency visible).
+    pub fn concurrency(&self) -> Concurrency {
+        let state = self.shared.lock();
+        Concurrency {
+            now: state.held,
+            max: state.max_held,
+            max_per_import_id: state.max_held_per_id.clone(),
+        }
     }
 
     /// How many TCP connections were accepted so far (keep-alive keeps this low).
@@ -336,16 +382,31 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records an arrival and returns its index with the behaviour in force.
-    fn arrive(&self, attempt: Attempt) -> (usize, Mode, Duration) {
+    /// Records an arrival and returns its index with the behaviour in force, and the guard
+    /// that counts the request as held until it is dropped.
+    fn arrive(self: &Arc<Self>, attempt: Attempt) -> (usize, Mode, Duration, Held) {
+        let id = attempt.import_id.clone();
         let (index, count, mode, delay) = {
             let mut state = self.lock();
+            state.held += 1;
+            state.max_held = state.max_held.max(state.held);
+            if let Some(id) = &id {
+                let held = state.held_per_id.entry(id.clone()).or_insert(0);
+                *held += 1;
+                let held = *held;
+                let max = state.max_held_per_id.entry(id.clone()).or_insert(0);
+                *max = (*max).max(held);
+            }
             state.attempts.push(attempt);
             let count = state.attempts.len();
             (count - 1, count, state.mode, state.delay)
         };
         self.attempts_tx.send_replace(count);
-        (index, mode, delay)
+        let held = Held {
+            shared: self.clone(),
+            import_id: id,
+        };
+        (index, mode, delay, held)
     }
 
     fn answered(&self, index: usize, status: u16) {
@@ -372,11 +433,39 @@ struct State {
     stored: HashSet<(Kind, String, String, String, u64)>,
     attempts: Vec<Attempt>,
     next_id: u64,
+    echo_token: bool,
+    /// Requests between arrival and answer, now and at most (see [`Concurrency`]).
+    held: usize,
+    max_held: usize,
+    held_per_id: HashMap<String, usize>,
+    max_held_per_id: HashMap<String, usize>,
 }
 
 struct Control {
     listening: Option<Generation>,
     stopped: bool,
+}
+
+/// One request counted in [`State::held`]; dropping it (answered, closed, or its connection
+/// gone while it hung) counts it out.
+struct Held {
+    shared: Arc<Shared>,
+    import_id: Option<String>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.held = state.held.saturating_sub(1);
+        if let Some(id) = &self.import_id {
+            if let Some(held) = state.held_per_id.get_mut(id) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    state.held_per_id.remove(id);
+                }
+            }
+        }
+    }
 }
 
 /// One listening period: the accept loop and every connection it accepted.
@@ -498,7 +587,7 @@ async fn handle(
         Ok(Route::Import { .. }) => sniff_import_id(&body),
         Err(_) => None,
     };
-    let (index, mode, delay) = shared.arrive(Attempt {
+    let (index, mode, delay, _held) = shared.arrive(Attempt {
         at: Instant::now(),
         connection,
         endpoint,
@@ -547,6 +636,11 @@ async fn handle(
             reply
         }
         (None, None) => process(&shared, &parts, route, &body),
+    };
+    let echo = shared.lock().echo_token && reply.status >= 400;
+    let reply = match parts.headers.get(AUTHORIZATION) {
+        Some(sent) if echo => reply.echo(&String::from_utf8_lossy(sent.as_bytes())),
+        _ => reply,
     };
     shared.answered(index, reply.status);
     Ok(reply.into_response())
@@ -726,6 +820,21 @@ impl Reply {
             "errors": [{"status": status.to_string(), "title": title, "detail": detail.into()}]
         });
         Reply::json(status, body.to_string())
+    }
+
+    /// Appends `authorization` to the detail of an error document ([`StandIn::set_echo_token`]).
+    fn echo(mut self, authorization: &str) -> Reply {
+        if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&self.body) {
+            if let Some(detail) = doc.pointer_mut("/errors/0/detail") {
+                let text = format!(
+                    "{} (request authorized with {authorization})",
+                    detail.as_str().unwrap_or_default()
+                );
+                *detail = serde_json::Value::from(text);
+                self.body = doc.to_string();
+            }
+        }
+        self
     }
 
     fn retry_after(mut self, value: Option<String>) -> Reply {
@@ -1779,6 +1888,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn echoes_the_token_in_error_details_on_request() {
+        let api = start().await;
+        api.reject_import_id("BAD", 400);
+        let (status, _, json) = post(&api, "readings", reading("BAD", T0, "1")).await;
+        assert_eq!(status, 400);
+        assert!(!detail(&json).contains(TOKEN), "no echo unless asked");
+        api.set_echo_token(true);
+        let (status, _, json) = post(&api, "readings", reading("BAD", T0, "1")).await;
+        assert_eq!(status, 400);
+        assert!(detail(&json).contains("is rejected"), "{json}");
+        assert!(
+            detail(&json).ends_with(&format!("Bearer {TOKEN})")),
+            "{json}"
+        );
+        // Answers that are not errors stay as they were.
+        let (status, _, json) = post(&api, "readings", reading("GOOD", T0, "1")).await;
+        assert_eq!(status, 201);
+        assert!(!json.to_string().contains(TOKEN), "{json}");
+        api.stop().await;
+    }
+
+    #[tokio::test]
     async fn rejects_one_series_only() {
         let api = start().await;
         api.reject_import_id("BAD", 422);
@@ -1871,6 +2002,64 @@ mod tests {
         assert_eq!(post(&api, "readings", reading("A", T0, "2")).await.0, 503);
         assert!(api.wait_answered(503, WAIT).await);
         assert!(api.wait_answered(201, WAIT).await);
+    }
+
+    #[tokio::test]
+    async fn concurrency_counts_held_requests_overall_and_per_import_id() {
+        let api = start().await;
+        assert_eq!(api.concurrency(), Concurrency::default());
+        // Sequential requests never overlap.
+        for minute in 0..3 {
+            let time = format!("2026-11-26T10:{minute:02}:00Z");
+            assert_eq!(
+                post(&api, "readings", reading("A", &time, "1")).await.0,
+                201
+            );
+        }
+        let c = api.concurrency();
+        assert_eq!((c.now, c.max, c.max_per_series()), (0, 1, 1));
+        // Held answers (long enough to see all three even on a slow machine): two requests
+        // for A and one for B at once.
+        api.set_delay(Duration::from_secs(1));
+        let sends: Vec<_> = [("A", "10:10"), ("A", "10:11"), ("B", "10:10")]
+            .into_iter()
+            .map(|(id, hm)| {
+                let request = with_headers(client().post(url(&api, "readings"))).body(reading(
+                    id,
+                    &format!("2026-11-26T{hm}:00Z"),
+                    "1",
+                ));
+                tokio::spawn(send(request))
+            })
+            .collect();
+        assert!(api.wait_attempts(6, WAIT).await);
+        assert_eq!(api.concurrency().now, 3);
+        for s in sends {
+            assert_eq!(s.await.unwrap().0, 201);
+        }
+        let c = api.concurrency();
+        assert_eq!((c.now, c.max), (0, 3));
+        assert_eq!(c.max_per_import_id.get("A"), Some(&2));
+        assert_eq!(c.max_per_import_id.get("B"), Some(&1));
+        assert_eq!(c.max_per_series(), 2);
+        // A hung request is held until its connection goes away.
+        api.set_delay(Duration::ZERO);
+        api.set_mode(Mode::Hang).await.unwrap();
+        let quick = client_with_timeout(Duration::from_millis(200));
+        let error = with_headers(quick.post(url(&api, "readings")))
+            .body(reading("C", T0, "1"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout(), "{error}");
+        drop(quick);
+        let deadline = Instant::now() + WAIT;
+        while api.concurrency().now != 0 {
+            assert!(Instant::now() < deadline, "a dropped request is still held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(api.concurrency().max, 3);
+        api.stop().await;
     }
 
     #[tokio::test]

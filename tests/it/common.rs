@@ -20,6 +20,7 @@ pub fn sender_settings(base_url: String, token_file: &Path) -> SenderSettings {
         timeout: Duration::from_secs(2),
         max_in_flight: 2,
         max_backoff: Duration::from_secs(2),
+        backoff_base: Duration::from_secs(1),
         ca_file: None,
         token: Some(TokenSource::File(token_file.to_path_buf())),
         auth_retry: Duration::from_millis(300),

@@ -1,6 +1,6 @@
 //! Operations with the real binary: sd_notify through a fake `NOTIFY_SOCKET` (READY, WATCHDOG,
 //! STATUS, STOPPING, and the watchdog stopping when a task hangs), SIGHUP reloads, and the token
-//! never showing up in any output, `status --json` or the database.
+//! never showing up in any output, `status --json` or the database on any error path.
 
 use std::io::Read as _;
 use std::os::unix::net::UnixDatagram;
@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use enectiva_collector::queue;
-use enectiva_collector::sim::api::{Accepted, Mode, StandIn};
+use enectiva_collector::sim::api::{Accepted, Answer, Mode, StandIn};
 use enectiva_collector::sim::modbus::{SimMeter, SimModbus};
 
 use crate::common::CUSTOMER;
@@ -430,101 +430,309 @@ fn files_contain(dir: &Path, needle: &str) -> Vec<PathBuf> {
     hits
 }
 
+/// The daemon at trace level, stdout and stderr into `log` (a file, so a long run never
+/// blocks on a full pipe and the test can watch it while it runs).
+fn spawn_logged(config: &Path, env: &[(&str, &str)], log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log");
+    let err = out.try_clone().expect("log");
+    let mut c = Command::new(bin());
+    c.args(["-c", config.to_str().expect("utf8"), "run"])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("ENECTIVA_TOKEN")
+        .env("RUST_LOG", "trace")
+        .stdout(out)
+        .stderr(err);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("run")
+}
+
+fn read_log(log: &Path) -> String {
+    std::fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits until `needle` occurs at least `n` times in the log.
+async fn wait_log(log: &Path, needle: &str, n: usize) -> bool {
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline {
+        if read_log(log).matches(needle).count() >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Polls `cond` until it holds, at most [`LONG`].
+async fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// `check --online` at trace level: (success, stdout + stderr).
+fn check_online(config: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(["-c", config.to_str().expect("utf8"), "check", "--online"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("ENECTIVA_TOKEN")
+        .env("RUST_LOG", "trace")
+        .envs(env.iter().copied())
+        .output()
+        .expect("check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn write_token(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("token");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_never_appears_in_logs_status_or_the_database() {
+    // Every secret that goes near the daemon; none may show up anywhere.
+    const BAD: &str = "BADCHAR-secret 4711";
+    const WRONG: &str = "wrong-but-secret-token-123";
+    const CRED: &str = "CRED-do-not-leak-51d0";
+    const ENV: &str = "ENV-do-not-leak-7c2e";
     let dir = tempfile::tempdir().expect("tempdir");
-    // The API expects another token first: 401 paths with our token in the header.
+    let token = dir.path().join("token");
+    let log = dir.path().join("daemon.log");
     let api = StandIn::start(CUSTOMER, "another-token")
         .await
         .expect("api");
-    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    // Every error answer quotes the token it was sent (401, 400 → dead letter, 429, 5xx, …).
+    api.set_echo_token(true);
     let sim = SimModbus::start(vec![SimMeter::sdm630(1), SimMeter::sdm630(2)])
         .await
         .expect("sim");
     sim.set_silent(2, true);
     let config = dir.path().join("config.toml");
-    let text = format!(
-        "{}{}  [[modbus_tcp.meter]]\n  name = \"silent\"\n  unit_id = 2\n  interval = \"1s\"\n  profile = \"eastron-sdm630\"\n  channels = [ {{ quantity = \"voltage_l1\", import_id = \"S\", kind = \"data_point\" }} ]\n",
-        head(&api.base_url(), dir.path()),
-        tcp_bus("gw", sim.addr(), "m", "1s", "E")
-    );
-    std::fs::write(&config, text).expect("config");
-    let child = spawn(&config, &[("RUST_LOG", "trace")]);
-    // A 401 (the sender then waits a minute), then — after a reload that restarts the sender —
-    // a rejection (400), a 503 with Retry-After, a hang (timeouts), the API down.
+    let text = |sender: &str, token_file: bool| {
+        let mut head = head(&api.base_url(), dir.path())
+            .replace("sender = \"ops\"", &format!("sender = \"{sender}\""))
+            .replace(
+                "max_backoff = \"1s\"",
+                "max_backoff = \"1s\"\ntimeout = \"1s\"",
+            );
+        if !token_file {
+            head = head.replace(&format!("token_file = \"{}\"\n", token.display()), "");
+        }
+        format!(
+            "{head}{}  [[modbus_tcp.meter]]\n  name = \"silent\"\n  unit_id = 2\n  interval = \"1s\"\n  profile = \"eastron-sdm630\"\n  channels = [ {{ quantity = \"voltage_l1\", import_id = \"S\", kind = \"data_point\" }} ]\n",
+            tcp_bus("gw", sim.addr(), "m", "1s", "E").replace(
+                "unit = \"kWh\" }",
+                "unit = \"kWh\" },\n    { quantity = \"active_power_total\", import_id = \"P\", unit = \"kW\", kind = \"data_point\" }"
+            )
+        )
+    };
+    std::fs::write(&config, text("ops-1", true)).expect("config");
+    assert!(text("x", false).contains("[api]") && !text("x", false).contains("token_file"));
+
+    // 1. Token errors, each read by a fresh sender (a reload with another `sender` restarts it):
+    // no file, an empty one, one with a space.
+    let child = spawn_logged(&config, &[], &log);
+    let reload = |sender: &str| {
+        std::fs::write(&config, text(sender, true)).expect("config");
+        signal(&child, "-HUP");
+    };
+    assert!(wait_log(&log, "cannot read the token from token_file", 1).await);
+    write_token(&token, "", 0o600);
+    reload("ops-2");
+    assert!(wait_log(&log, "the token is empty", 1).await);
+    write_token(&token, BAD, 0o600);
+    reload("ops-3");
+    assert!(wait_log(&log, "the token contains spaces or control characters", 1).await);
+    // 2. The token, group-readable (a warning), but the API expects another: 401, re-read.
+    write_token(&token, TOKEN, 0o640);
+    reload("ops-4");
     assert!(api.wait_answered(401, LONG).await);
+    assert!(wait_log(&log, "the API answered 401", 1).await);
+    // 3. The breaker: the same 400 for both series (E and P), the token echoed in each body.
     api.set_token(TOKEN);
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("sender = \"ops\"", "sender = \"ops-2\"");
-    std::fs::write(&config, text).expect("config");
-    signal(&child, "-HUP");
     api.reject_import_id("E", 400);
-    assert!(api.wait_attempts(5, LONG).await);
+    api.reject_import_id("P", 400);
+    reload("ops-5");
+    assert!(
+        wait_log(&log, "breaker open", 1).await,
+        "the breaker did not trip"
+    );
     api.clear_rejection("E");
-    api.script([enectiva_collector::sim::api::Answer::StatusRetryAfter(
-        503,
-        "1".into(),
-    )]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.clear_rejection("P");
+    // 4. 429, 500, 502 and 503 with Retry-After, for a sender without the breaker's pause.
+    api.script([
+        Answer::StatusRetryAfter(429, "1".into()),
+        Answer::Status(500),
+        Answer::Status(502),
+        Answer::StatusRetryAfter(503, "1".into()),
+    ]);
+    reload("ops-6");
+    assert!(api.wait_answered(503, LONG).await);
+    // 5. Timeouts, then refused connections.
     api.set_mode(Mode::Hang).await.expect("hang");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(wait_log(&log, "(timeout)", 1).await, "no timeout");
     api.set_mode(Mode::Down).await.expect("down");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let queue_path = dir.path().join("queue.db");
+    let last_error = || {
+        queue::status(&queue_path)
+            .ok()
+            .and_then(|s| s.state.get("last_error").cloned())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(|| last_error().contains("Connection refused")).await,
+        "last_error: {}",
+        last_error()
+    );
+    // 6. Back; then a broken configuration file on SIGHUP.
+    let before = api.accepted_count();
     api.set_mode(Mode::Normal).await.expect("up");
-    assert!(api.wait_accepted(2, LONG).await);
+    assert!(api.wait_accepted(before + 2, LONG).await);
+    std::fs::write(
+        &config,
+        "[api]\nbase_url = \"http://x\"\n[[modbus_tcp]\nname = broken\n",
+    )
+    .expect("bad config");
+    signal(&child, "-HUP");
+    assert!(wait_log(&log, "configuration reload failed", 1).await);
+    std::fs::write(&config, text("ops-6", true)).expect("config");
     signal(&child, "-TERM");
-    let (code, stderr) = finish(child);
-    assert_eq!(code, Some(0));
-    assert!(
-        stderr.contains("TRACE") && stderr.contains("401"),
-        "the error paths were not exercised"
-    );
-    assert!(!stderr.contains(TOKEN), "token in the log output");
-    let status = Command::new(bin())
-        .args([
-            "status",
-            "--json",
-            "--queue",
-            dir.path().join("queue.db").to_str().expect("utf8"),
-        ])
-        .output()
-        .expect("status");
-    assert!(!String::from_utf8_lossy(&status.stdout).contains(TOKEN));
-    let dead = Command::new(bin())
-        .args([
-            "dead",
-            "list",
-            "--queue",
-            dir.path().join("queue.db").to_str().expect("utf8"),
-        ])
-        .output()
-        .expect("dead");
-    assert!(
-        String::from_utf8_lossy(&dead.stdout).contains("rejected"),
-        "no dead letter from the 400 path"
-    );
-    assert!(!String::from_utf8_lossy(&dead.stdout).contains(TOKEN));
-    assert_eq!(
-        files_contain(dir.path(), TOKEN),
-        Vec::<PathBuf>::new(),
-        "token in a file"
-    );
-    // check --online, with the right and a wrong token.
-    for token in [TOKEN, "wrong-but-secret-token-123"] {
-        std::fs::write(dir.path().join("token"), token).expect("token");
-        let out = Command::new(bin())
-            .args(["-c", config.to_str().expect("utf8"), "check", "--online"])
-            .env("RUST_LOG", "trace")
-            .output()
-            .expect("check");
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!all.contains(token), "token in `check --online` output");
+    let (code, _) = finish(child);
+    assert_eq!(code, Some(0), "{}", read_log(&log));
+
+    let statuses: std::collections::BTreeSet<u16> =
+        api.attempts().iter().filter_map(|a| a.status).collect();
+    for s in [401, 400, 429, 500, 502, 503, 201] {
+        assert!(statuses.contains(&s), "no {s} answer: {statuses:?}");
     }
+    let daemon_log = read_log(&log);
+    assert!(daemon_log.contains("TRACE"), "not at trace level");
+    assert!(daemon_log.contains("(request authorized with Bearer [token])"));
+    // The sender says it once per start with the loose file (ops-4, -5, -6), not on every
+    // re-read (ops-4 read it again after its 401). (Config validation says it in its words.)
+    let warned: Vec<&str> = daemon_log
+        .lines()
+        .filter(|l| l.contains("readable by group or others (mode 640); run: chmod 600"))
+        .collect();
+    assert_eq!(warned.len(), 3, "{warned:#?}");
+    let mut outputs = vec![("daemon log".to_string(), daemon_log)];
+    let queue_arg = queue_path.to_str().expect("utf8");
+    for args in [
+        &["status", "--json", "--queue", queue_arg][..],
+        &["dead", "list", "--queue", queue_arg][..],
+    ] {
+        let out = Command::new(bin()).args(args).output().expect("status");
+        outputs.push((
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
+    }
+    assert!(
+        outputs[2].1.contains("rejected by the API (400)"),
+        "no dead letter from the 400 path: {}",
+        outputs[2].1
+    );
+
+    // `check --online` with each token problem: a clear message, never the bad token.
+    std::fs::remove_file(&token).expect("rm");
+    for (content, message) in [
+        (None, "cannot read the token from token_file"),
+        (Some(""), "the token is empty"),
+        (Some(BAD), "the token contains spaces or control characters"),
+    ] {
+        if let Some(c) = content {
+            write_token(&token, c, 0o600);
+        }
+        let (ok, out) = check_online(&config, &[]);
+        assert!(!ok && out.contains(message), "{out}");
+        outputs.push((format!("check --online with {message}"), out));
+    }
+    // With the right and a wrong token (a 401 whose detail echoes it).
+    for t in [TOKEN, WRONG] {
+        write_token(&token, t, 0o600);
+        let (ok, out) = check_online(&config, &[]);
+        assert_eq!(ok, t == TOKEN, "{out}");
+        outputs.push((format!("check --online, token {t:.5}…"), out));
+    }
+
+    // The systemd credential wins over token_file; its token delivers (400 path, echoed).
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).expect("creds");
+    write_token(&creds.join("enectiva-token"), CRED, 0o600);
+    let creds_env = [("CREDENTIALS_DIRECTORY", creds.to_str().expect("utf8"))];
+    api.set_token(CRED);
+    let (ok, out) = check_online(&config, &creds_env);
+    assert!(ok && out.contains(": ok"), "{out}");
+    outputs.push(("check --online, credential".into(), out));
+    api.reject_import_id("E", 400);
+    let cred_log = dir.path().join("cred.log");
+    let child = spawn_logged(&config, &creds_env, &cred_log);
+    assert!(wait_log(&cred_log, "reading rejected by the API", 1).await);
+    signal(&child, "-TERM");
+    assert_eq!(finish(child).0, Some(0));
+    api.clear_rejection("E");
+    let cred_log = read_log(&cred_log);
+    // The rejection's detail echoed the credential's token, redacted.
+    assert!(cred_log.contains("Bearer [token]"), "{cred_log}");
+    outputs.push(("daemon log, credential".into(), cred_log));
+
+    // $ENECTIVA_TOKEN (no token_file): check delivers; the daemon gets a 401 (echoed).
+    std::fs::write(&config, text("ops-env", false)).expect("config");
+    let env = [("ENECTIVA_TOKEN", ENV)];
+    api.set_token(ENV);
+    let (ok, out) = check_online(&config, &env);
+    assert!(ok && out.contains(": ok"), "{out}");
+    outputs.push(("check --online, $ENECTIVA_TOKEN".into(), out));
+    api.set_token("another-token");
+    let env_log = dir.path().join("env.log");
+    let answered = api
+        .attempts()
+        .iter()
+        .filter(|a| a.status == Some(401))
+        .count();
+    let child = spawn_logged(&config, &env, &env_log);
+    assert!(wait_log(&env_log, "the API answered 401", 1).await);
+    signal(&child, "-TERM");
+    assert_eq!(finish(child).0, Some(0));
+    assert!(
+        api.attempts()
+            .iter()
+            .filter(|a| a.status == Some(401))
+            .count()
+            > answered
+    );
+    outputs.push(("daemon log, $ENECTIVA_TOKEN".into(), read_log(&env_log)));
+
+    for secret in [TOKEN, BAD, "BADCHAR-secret", WRONG, CRED, ENV] {
+        for (what, text) in &outputs {
+            assert!(!text.contains(secret), "{secret:?} in {what}:\n{text}");
+        }
+        assert_eq!(
+            files_contain(dir.path(), secret),
+            Vec::<PathBuf>::new(),
+            "{secret:?} in a file"
+        );
+    }
+    drop(sim);
 }
 
 /// Parses journald's native datagrams: `KEY=value` lines, or `KEY\n<u64 LE length><value>\n`.

@@ -2,6 +2,7 @@
 //! loopback to the stand-in API, which checks the wire format and fails on command.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use enectiva_collector::config::IdField;
@@ -156,40 +157,333 @@ async fn delivers_in_order_per_series_exactly_once() {
     rig.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_503_then_refused_accumulates_then_drains_in_order() {
-    let rig = Rig::start(TOKEN, |s| s.max_backoff = Duration::from_secs(1)).await;
-    let series = ["A", "B"];
-    rig.api.script(std::iter::repeat_n(Answer::Status(503), 12));
-    let all = interleaved(&series, 30);
-    rig.commit(all[..20].to_vec()).await;
-    assert!(rig.api.wait_attempts(12, LONG).await);
-    // 503 pauses every series with a growing, jittered backoff (cap 1 s here).
-    let attempts = rig.api.attempts();
-    let gaps: Vec<f64> = attempts[..12]
+/// Accepts every connection on `addr` and closes it at once, noting when: to the sender a
+/// connection failure like a refused port, but one that can be counted.
+struct Slammer {
+    accepted: Arc<Mutex<Vec<Instant>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Slammer {
+    async fn start(addr: std::net::SocketAddr) -> Slammer {
+        // tokio sets SO_REUSEADDR, so the stand-in's TIME_WAIT sockets do not block this.
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        a = listener.accept() => {
+                            if a.is_ok() {
+                                accepted.lock().expect("lock").push(Instant::now());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Slammer {
+            accepted,
+            stop,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> Vec<Instant> {
+        self.accepted.lock().expect("lock").clone()
+    }
+
+    /// Closes the listener (the port refuses again) and returns every accept time.
+    async fn stop(self) -> Vec<Instant> {
+        let Slammer {
+            accepted,
+            stop,
+            task,
+        } = self;
+        stop.cancel();
+        task.await.expect("join");
+        accepted.lock().expect("lock").clone()
+    }
+}
+
+/// Polls `cond` until it holds, at most [`LONG`]; false on timeout.
+async fn until(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + LONG;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Seconds between consecutive instants.
+fn gaps(times: &[Instant]) -> Vec<f64> {
+    times
         .windows(2)
-        .map(|w| (w[1].at - w[0].at).as_secs_f64())
-        .collect();
-    assert!(
-        gaps.iter().all(|g| *g <= 1.0 + 0.3),
-        "gaps above the cap: {gaps:?}"
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .collect()
+}
+
+impl Rig {
+    /// Readings waiting in the queue, with every acknowledgement applied.
+    async fn pending(&self) -> u64 {
+        self.queue.flush().await.expect("flush");
+        self.queue.stats().await.expect("stats").pending
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_503_then_refused_backs_off_exponentially_accumulates_then_drains_in_order() {
+    // Ceilings 25 ms, 50 ms, … 3.2 s, then the 4 s cap: nine failures per phase reach it.
+    const BASE: Duration = Duration::from_millis(25);
+    const CAP: Duration = Duration::from_secs(4);
+    const FAILURES: usize = 9;
+    // Scheduling and loopback latency a gap may add to its delay.
+    const SLACK: f64 = 0.5;
+    let ceiling = |k: usize| (BASE * (1u32 << k)).min(CAP).as_secs_f64();
+    // One request at a time, so each failure draws exactly one delay from the schedule.
+    let rig = Rig::start(TOKEN, |s| {
+        s.backoff_base = BASE;
+        s.max_backoff = CAP;
+        s.max_in_flight = 1;
+    })
+    .await;
+    let series = ["A", "B"];
+    let all = interleaved(&series, 30);
+
+    // 1. 503s: all series pause with the slow-down schedule. The last one asks for 2 s, so
+    // the API can go away while nothing is being sent.
+    rig.api.script(
+        std::iter::repeat_n(Answer::Status(503), FAILURES)
+            .chain([Answer::StatusRetryAfter(503, "2".into())]),
     );
-    let mean = gaps[3..].iter().sum::<f64>() / gaps[3..].len() as f64;
-    assert!(mean > 0.15, "no backoff: {gaps:?}");
-    // Then the API disappears (connection refused) while readings keep coming.
+    rig.commit(all[..20].to_vec()).await;
+    assert_eq!(rig.pending().await, 20);
+    assert!(
+        until(|| rig
+            .api
+            .attempts()
+            .iter()
+            .filter(|a| a.status == Some(503))
+            .count()
+            > FAILURES)
+        .await,
+        "503s answered: {:?}",
+        rig.api.attempts()
+    );
+    let slow_down: Vec<Instant> = rig.api.attempts().iter().map(|a| a.at).collect();
+
+    // 2. Connection failures, counted: the network schedule starts again from the base.
     rig.api.set_mode(Mode::Down).await.expect("down");
+    let slammer = Slammer::start(rig.api.addr()).await;
     rig.commit(all[20..40].to_vec()).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rig.pending().await,
+        40,
+        "readings pile up during the outage"
+    );
+    assert!(
+        until(|| slammer.accepted().len() > FAILURES).await,
+        "{} connection attempts",
+        slammer.accepted().len()
+    );
+    let unreachable = slammer.stop().await;
+    // 3. Refused (nothing listens) while more readings come.
     rig.commit(all[40..].to_vec()).await;
+    assert_eq!(
+        rig.pending().await,
+        60,
+        "readings pile up during the outage"
+    );
+    assert_eq!(rig.api.accepted_count(), 0);
+    assert_eq!(
+        rig.api.attempts().len(),
+        FAILURES + 1,
+        "no request reached the stand-in while it was away"
+    );
+
+    // Each delay is drawn from [0, ceiling_k] (full jitter, ceiling doubling to the cap).
+    let mut early = Vec::new();
+    let mut late = Vec::new();
+    for (phase, times) in [("503", &slow_down[..]), ("unreachable", &unreachable[..])] {
+        let g = gaps(&times[..=FAILURES]);
+        for (k, gap) in g.iter().enumerate() {
+            assert!(
+                *gap <= ceiling(k) + SLACK,
+                "{phase}: gap {k} is {gap:.3} s, ceiling {} s: {g:?}",
+                ceiling(k)
+            );
+        }
+        early.extend_from_slice(&g[..4]);
+        late.extend_from_slice(&g[5..]);
+    }
+    // The ceiling grows: a schedule stuck at 25 ms could never wait 0.3 s. With full jitter
+    // all eight later gaps (ceilings 0.8, 1.6, 3.2 and 4 s, twice) stay under 0.3 s with a
+    // chance of (0.375 × 0.1875 × 0.094 × 0.075)² ≈ 2.4e-7.
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        max(&late) > 0.3 && max(&late) > max(&early),
+        "no growth: early {early:?}, late {late:?}"
+    );
+    assert!(
+        mean(&late) > mean(&early),
+        "no growth: early {early:?}, late {late:?}"
+    );
+
+    // Back: everything is delivered once, in order per series, oldest first.
     rig.api.set_mode(Mode::Normal).await.expect("up");
     assert!(
         rig.api.wait_accepted(60, LONG).await,
         "accepted {}",
         rig.api.accepted_count()
     );
-    assert_in_order(&rig.api.accepted(), &series, 30);
+    let acc = rig.api.accepted();
+    assert_eq!(acc.len(), 60);
+    assert_in_order(&acc, &series, 30);
     let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    assert_eq!(stats.counters.get("delivered"), Some(&60));
     assert_eq!(stats.counters.get("dead_lettered"), None);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_answered_408_or_5xx_backs_off_alone_while_the_others_keep_sending() {
+    const BASE: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(2);
+    const SLACK: f64 = 0.5;
+    let ceiling = |k: usize| (BASE * (1u32 << k)).min(CAP).as_secs_f64();
+    let rig = Rig::start(TOKEN, |s| {
+        s.backoff_base = BASE;
+        s.max_backoff = CAP;
+        s.max_in_flight = 2;
+    })
+    .await;
+    let failing = [("A", 500), ("B", 408), ("C", 502)];
+    for (id, status) in failing {
+        rig.api.reject_import_id(id, status);
+    }
+    let series = ["A", "B", "C", "D", "E"];
+    rig.commit(interleaved(&series, 20)).await;
+    // A, B and C hold the oldest readings, so a pause of all series (or a shared backoff)
+    // would keep sending them first and D and E would starve.
+    assert!(
+        rig.api.wait_accepted(40, LONG).await,
+        "the healthy series stalled: accepted {}",
+        rig.api.accepted_count()
+    );
+    let acc = rig.api.accepted();
+    assert_in_order(&acc, &["D", "E"], 20);
+    let attempts_of = |id: &str| -> Vec<enectiva_collector::sim::api::Attempt> {
+        rig.api
+            .attempts()
+            .into_iter()
+            .filter(|a| a.import_id.as_deref() == Some(id))
+            .collect()
+    };
+    let last_delivery = rig
+        .api
+        .attempts()
+        .iter()
+        .filter(|a| a.status == Some(201))
+        .map(|a| a.at)
+        .max()
+        .expect("deliveries");
+    for (id, _) in failing {
+        assert!(
+            attempts_of(id)
+                .first()
+                .is_some_and(|a| a.at < last_delivery),
+            "{id} was not failing while the others were delivered"
+        );
+    }
+    // Each failing series retries on its own schedule, with its own ceilings.
+    assert!(
+        until(|| failing.iter().all(|(id, _)| attempts_of(id).len() >= 7)).await,
+        "a failing series stopped retrying"
+    );
+    for (id, status) in failing {
+        let attempts = attempts_of(id);
+        assert!(
+            attempts
+                .iter()
+                .all(|a| a.status.is_none_or(|s| s == status)),
+            "{id}: {attempts:?}"
+        );
+        let times: Vec<Instant> = attempts.iter().map(|a| a.at).collect();
+        let g = gaps(&times[..7]);
+        for (k, gap) in g.iter().enumerate() {
+            assert!(
+                *gap <= ceiling(k) + SLACK,
+                "{id}: gap {k} is {gap:.3} s, ceiling {} s: {g:?}",
+                ceiling(k)
+            );
+        }
+    }
+    assert_eq!(
+        rig.pending().await,
+        60,
+        "nothing of the failing series is lost"
+    );
+    // Fixed: the failing series drain in order; nothing was dead-lettered.
+    for (id, _) in failing {
+        rig.api.clear_rejection(id);
+    }
+    assert!(
+        rig.api.wait_accepted(100, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
+    assert_in_order(&rig.api.accepted(), &series, 20);
+    let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    assert_eq!(stats.counters.get("dead_lettered"), None);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_one_request_in_flight_per_series() {
+    // Four slots but two series: the spare slots must stay unused.
+    let rig = Rig::start(TOKEN, |s| s.max_in_flight = 4).await;
+    rig.api.set_delay(Duration::from_millis(150));
+    rig.commit(interleaved(&["A", "B"], 8)).await;
+    assert!(
+        rig.api.wait_accepted(16, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
+    let c = rig.api.concurrency();
+    assert_eq!(c.max_per_import_id.get("A"), Some(&1), "{c:?}");
+    assert_eq!(c.max_per_import_id.get("B"), Some(&1), "{c:?}");
+    // Both series were sent at once (the answers were held long enough to overlap).
+    assert_eq!(c.max, 2, "{c:?}");
+    assert_in_order(&rig.api.accepted(), &["A", "B"], 8);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_max_in_flight_requests_at_once() {
+    let rig = Rig::start(TOKEN, |s| s.max_in_flight = 3).await;
+    rig.api.set_delay(Duration::from_millis(150));
+    let series = ["A", "B", "C", "D", "E", "F", "G", "H"];
+    rig.commit(interleaved(&series, 3)).await;
+    assert!(
+        rig.api.wait_accepted(24, LONG).await,
+        "accepted {}",
+        rig.api.accepted_count()
+    );
+    let c = rig.api.concurrency();
+    // Eight series were ready, three went at once: the limit is used and never exceeded.
+    assert_eq!(c.max, 3, "{c:?}");
+    assert_eq!(c.max_per_series(), 1, "{c:?}");
+    assert_in_order(&rig.api.accepted(), &series, 3);
     rig.stop().await;
 }
 
@@ -246,6 +540,72 @@ async fn duplicate_counts_as_delivered_and_rejection_is_dead_lettered() {
     assert!(rig.api.wait_accepted(5, LONG).await);
     assert_eq!(rig.api.accepted().last().map(|a| a.value), Some(1000.5));
     rig.stop().await;
+}
+
+/// Files in `dir` (the queue and its WAL, not the token file) whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "token"))
+        .filter(|p| {
+            std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_api_echoes_is_redacted_from_last_error_and_dead_letters() {
+    const WRONG: &str = "wrong-but-secret-7a1f";
+    let rig = Rig::start(WRONG, |s| s.max_in_flight = 1).await;
+    rig.api.set_echo_token(true);
+    rig.api.reject_import_id("A", 400);
+    rig.commit(interleaved(&["A", "B"], 2)).await;
+    // 401, whose detail quotes the (wrong) token: it becomes `last_error`.
+    assert!(rig.api.wait_answered(401, LONG).await);
+    let last_error = || {
+        queue::status(&rig.queue_path())
+            .ok()
+            .and_then(|s| s.state.get("last_error").cloned())
+            .unwrap_or_default()
+    };
+    let mut seen = String::new();
+    assert!(
+        until(|| {
+            seen = last_error();
+            seen.contains("401")
+        })
+        .await,
+        "last_error: {seen:?}"
+    );
+    assert!(
+        seen.contains("[token]") && !seen.contains(WRONG),
+        "last_error: {seen:?}"
+    );
+    // The right token: A's readings are rejected with the token in the body (dead letters).
+    std::fs::write(&rig.token_file, TOKEN).expect("token");
+    assert!(rig.api.wait_accepted(2, LONG).await);
+    let stats = rig.drained().await;
+    assert_eq!(stats.pending, 0);
+    let dead = queue::dead_list(&rig.queue_path()).expect("dead");
+    assert_eq!(dead.len(), 2);
+    for d in &dead {
+        let body = d.body.as_deref().unwrap_or_default();
+        assert!(
+            d.reason.contains("[token]") && body.contains("[token]"),
+            "{d:?}"
+        );
+        assert!(!d.reason.contains(TOKEN) && !body.contains(TOKEN), "{d:?}");
+    }
+    let dir = rig.stop().await;
+    for token in [TOKEN, WRONG] {
+        assert_eq!(
+            files_containing(dir.path(), token),
+            Vec::<PathBuf>::new(),
+            "token in a file"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
