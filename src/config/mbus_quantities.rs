@@ -20,7 +20,6 @@ pub const MBUS_QUANTITIES: &[(&str, Option<&str>)] = &[
     ("operating_time", Some("s")),
     ("power", Some("W")),
     ("volume_flow", Some("m3/h")),
-    ("volume_flow_ext", Some("m3/h")),
     ("mass_flow", Some("kg/h")),
     ("flow_temperature", Some("°C")),
     ("return_temperature", Some("°C")),

@@ -123,9 +123,10 @@ pub fn primary(code: u8) -> Meaning {
         0x28..=0x2F => num("power", "W", p(c, 7, 3)),
         0x30..=0x37 => num("power", "J/h", p(c, 7, 0)),
         0x38..=0x3F => num("volume_flow", "m3/h", p(c, 7, 6)),
-        // m3/min and m3/s, normalized to m3/h like the main volume flow.
+        // m3/min and m3/s, normalized to m3/h: the same quantity as the main volume flow, so a
+        // `quantity = "volume_flow"` channel reads a meter whichever of the three it sends.
         0x40..=0x47 => num(
-            "volume_flow_ext",
+            "volume_flow",
             "m3/h",
             Factor {
                 mantissa: 60,
@@ -133,7 +134,7 @@ pub fn primary(code: u8) -> Meaning {
             },
         ),
         0x48..=0x4F => num(
-            "volume_flow_ext",
+            "volume_flow",
             "m3/h",
             Factor {
                 mantissa: 3600,

@@ -278,10 +278,6 @@ fn compare_record(x: &XmlRecord, r: &Record) -> Vec<String> {
     } else {
         (quantity_of(quantity), their_unit)
     };
-    let their_quantity = match (their_quantity, unit) {
-        (Some("volume_flow"), "m^3/min" | "m^3/s") => Some("volume_flow_ext"),
-        (q, _) => q,
-    };
     if their_quantity != Some(r.quantity.as_str()) {
         d.push(format!("quantity {quantity:?} vs ours {}", r.quantity));
     }

@@ -362,8 +362,8 @@ fn primary_table() {
     check("01 2E 02", "power", "W", num(2, 3), &[]);
     check("01 33 02", "power", "J/h", num(2, 3), &[]);
     check("01 3B 02", "volume_flow", "m3/h", num(2, -3), &[]);
-    check("01 46 02", "volume_flow_ext", "m3/h", num(120, -1), &[]);
-    check("01 4F 02", "volume_flow_ext", "m3/h", num(7200, -2), &[]);
+    check("01 46 02", "volume_flow", "m3/h", num(120, -1), &[]);
+    check("01 4F 02", "volume_flow", "m3/h", num(7200, -2), &[]);
     check("01 53 02", "mass_flow", "kg/h", num(2, 0), &[]);
     check("01 59 02", "flow_temperature", "°C", num(2, -2), &[]);
     check("01 5D 02", "return_temperature", "°C", num(2, -2), &[]);
