@@ -85,12 +85,16 @@ pub enum Fault {
 
 impl Fault {
     pub fn from_env() -> Fault {
-        match std::env::var("ENECTIVA_TEST_FAULT").as_deref() {
+        let fault = match std::env::var("ENECTIVA_TEST_FAULT").as_deref() {
             Ok("stall-sender") => Fault::StallSender,
             Ok("stall-scheduler") => Fault::StallScheduler,
             Ok("panic-bus") => Fault::PanicBus,
             _ => Fault::None,
+        };
+        if fault != Fault::None {
+            tracing::warn!(?fault, "ENECTIVA_TEST_FAULT is set: a test-only fault is switched on");
         }
+        fault
     }
 }
 
