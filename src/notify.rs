@@ -92,7 +92,10 @@ impl Fault {
             _ => Fault::None,
         };
         if fault != Fault::None {
-            tracing::warn!(?fault, "ENECTIVA_TEST_FAULT is set: a test-only fault is switched on");
+            tracing::warn!(
+                ?fault,
+                "ENECTIVA_TEST_FAULT is set: a test-only fault is switched on"
+            );
         }
         fault
     }

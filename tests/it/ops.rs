@@ -779,7 +779,26 @@ async fn journald_gets_native_fields_and_message_ids() {
     let journal = UnixDatagram::bind(SOCKET).expect("bind the fake journal");
     let r = rig().await;
     r.sim.set_refusing(true).await.expect("refuse");
-    let child = spawn(&r.config, &[("JOURNAL_STREAM", "8:1234")]);
+    // systemd names the stream it gave the service as stderr; the daemon logs natively only
+    // when its stderr is that stream (a file here, whose device and inode the test knows).
+    let stderr_path = r.dir.path().join("stderr.log");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
+    let stream = {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = stderr_file.metadata().expect("metadata");
+        format!("{}:{}", m.dev(), m.ino())
+    };
+    let child = Command::new(bin())
+        .args(["-c", r.config.to_str().expect("utf8"), "run"])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", &stream)
+        .stdout(Stdio::null())
+        .stderr(stderr_file)
+        .spawn()
+        .expect("run");
     let mut entries = Vec::new();
     let mut buf = vec![0u8; 65536];
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -803,10 +822,39 @@ async fn journald_gets_native_fields_and_message_ids() {
     }
     signal(&child, "-TERM");
     let (code, _) = finish(child);
+    let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    // The entries of its stop are still in the socket.
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    while let Ok(n) = journal.recv(&mut buf) {
+        entries.push(journal_fields(&buf[..n]));
+    }
+
+    // A JOURNAL_STREAM that is not this process's stderr (inherited by a shell started from a
+    // service): text on stderr, nothing to the journal.
+    let child = spawn(&r.config, &[("JOURNAL_STREAM", "8:1234")]);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "-TERM");
+    let (foreign_code, foreign_stderr) = finish(child);
+    let mut leaked = 0;
+    while journal.recv(&mut buf).is_ok() {
+        leaked += 1;
+    }
     drop(journal);
     let _ = std::fs::remove_file(SOCKET);
     let _ = std::fs::remove_dir("/run/systemd/journal");
     assert_eq!(code, Some(0));
+    assert!(
+        !text.contains("meter not answering"),
+        "journal entries also went to stderr:\n{text}"
+    );
+    assert_eq!(foreign_code, Some(0), "{foreign_stderr}");
+    assert!(foreign_stderr.contains("running"), "{foreign_stderr}");
+    assert_eq!(
+        leaked, 0,
+        "a foreign JOURNAL_STREAM still logged to the journal"
+    );
     let down = entries
         .iter()
         .find(|f| {
