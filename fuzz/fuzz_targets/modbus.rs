@@ -23,7 +23,7 @@ use std::time::Duration;
 use enectiva_collector::bus::{Line, LineErrors};
 use enectiva_collector::config::{ModbusChannel, ModbusMeter, Output};
 use enectiva_collector::modbus::decode::{decode, interpretations, ordered_bytes};
-use enectiva_collector::modbus::plan::{Plan, fallback, plan};
+use enectiva_collector::modbus::plan::{Plan, ReadRequest, fallback, plan, widen};
 use enectiva_collector::modbus::poll::{Link, LinkError, MeterPoller};
 use enectiva_collector::modbus::rtu::count_line_errors;
 use enectiva_collector::modbus::{DataType, RegisterSpec, Table, WordOrder};
@@ -230,6 +230,23 @@ fn meter_polls(data: &[u8]) {
         check_slots(&fallback(&p, failed, &specs), &specs);
     }
 
+    // Blocks a profile would declare, and the widened plan the poller uses.
+    let blocks: Vec<ReadRequest> = (0..b.u8() % 3)
+        .map(|_| {
+            let table = if b.u8() & 1 == 0 { Table::Holding } else { Table::Input };
+            let start = b.u16();
+            let room = u16::try_from(0x1_0000 - u32::from(start)).unwrap_or(u16::MAX);
+            ReadRequest {
+                table,
+                start,
+                count: (u16::from(b.u8() % 126) + 1).min(room),
+            }
+        })
+        .collect();
+    let w = widen(p.clone(), &blocks, max_registers);
+    check_slots(&w, &specs);
+    assert_eq!(w.requests.len(), p.requests.len());
+
     let memory_len = usize::from(b.u8() % 64);
     let memory = Memory((0..memory_len).map(|_| b.u16()).collect());
     let mut poller = MeterPoller::new(ModbusMeter {
@@ -241,6 +258,7 @@ fn meter_polls(data: &[u8]) {
         delay: Duration::ZERO,
         max_registers,
         max_gap,
+        blocks,
         channels,
     });
     let mut link = Scripted {
