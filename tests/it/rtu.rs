@@ -483,6 +483,14 @@ async fn probe_and_scan_over_serial_and_tcp() {
         err.contains("scanned") && err.contains("2 answered"),
         "{err}"
     );
+    // The progress line, rewritten in place for every unit id.
+    for unit in 1..=5 {
+        assert!(
+            err.contains("\rscanning ")
+                && err.contains(&format!(": unit {unit:>3} ({unit}/5), ")),
+            "no progress for unit {unit}: {err:?}"
+        );
+    }
 
     let (code, out, err) = tokio::task::spawn_blocking({
         let port = port.clone();
