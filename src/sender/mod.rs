@@ -920,16 +920,8 @@ pub async fn latest(
     let body = token.redact(&body);
     Ok(match status {
         200 => {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let data = v.get("data");
-            let field = |k: &str| {
-                data.and_then(|d| d.get(k))
-                    .map(|x| x.to_string().trim_matches('"').to_string())
-            };
-            Latest::Found {
-                time: field("time"),
-                value: field("state").or_else(|| field("value")),
-            }
+            let (time, value) = payload::latest_fields(&body);
+            Latest::Found { time, value }
         }
         404 => Latest::NotFound,
         _ => Latest::Refused {

@@ -125,6 +125,18 @@ pub fn body(reading: &Reading, sender: &str, id_field: IdField) -> Option<Vec<u8
     serde_json::to_vec(&Envelope { data }).ok()
 }
 
+/// `time` and `state` (a reading) or `value` (a data point) of a `latest` answer
+/// (`{"data":{…}}`), as text; `None` for what the answer does not carry.
+pub fn latest_fields(body: &str) -> (Option<String>, Option<String>) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let data = v.get("data");
+    let field = |k: &str| {
+        data.and_then(|d| d.get(k))
+            .map(|x| x.to_string().trim_matches('"').to_string())
+    };
+    (field("time"), field("state").or_else(|| field("value")))
+}
+
 /// The most useful line of an error answer: JSON:API `errors[0].detail`, a top-level
 /// `detail`, or the start of the body.
 pub fn error_detail(body: &str) -> String {
@@ -155,6 +167,19 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latest_answers_give_time_and_value() {
+        let reading = r#"{"data":{"time":"2026-11-26T10:15:00Z","state":1000.5}}"#;
+        assert_eq!(
+            latest_fields(reading),
+            (Some("2026-11-26T10:15:00Z".into()), Some("1000.5".into()))
+        );
+        let point = r#"{"data":{"time":"2026-11-26T10:15:00Z","value":"0.2301"}}"#;
+        assert_eq!(latest_fields(point).1, Some("0.2301".into()));
+        assert_eq!(latest_fields("not json"), (None, None));
+        assert_eq!(latest_fields(r#"{"data":{}}"#), (None, None));
+    }
 
     fn r(kind: Kind, value: f64, suit: Option<&str>) -> Reading {
         Reading {

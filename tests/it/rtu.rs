@@ -486,8 +486,7 @@ async fn probe_and_scan_over_serial_and_tcp() {
     // The progress line, rewritten in place for every unit id.
     for unit in 1..=5 {
         assert!(
-            err.contains("\rscanning ")
-                && err.contains(&format!(": unit {unit:>3} ({unit}/5), ")),
+            err.contains("\rscanning ") && err.contains(&format!(": unit {unit:>3} ({unit}/5), ")),
             "no progress for unit {unit}: {err:?}"
         );
     }
