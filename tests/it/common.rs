@@ -40,3 +40,20 @@ pub fn reading(kind: Kind, id: &str, time: i64, value: f64) -> Reading {
         invalid: None,
     }
 }
+
+/// Whether strace can run here (I/O-error injection). Without it the calling test skips, or
+/// fails when CI asks for every tool (`ENECTIVA_REQUIRE_TOOLS`).
+pub fn strace_available() -> bool {
+    let have = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("ENECTIVA_REQUIRE_TOOLS").is_none(),
+            "strace is required here (apt-get install strace)"
+        );
+        eprintln!("skipped: strace is not installed (CI installs it)");
+    }
+    have
+}

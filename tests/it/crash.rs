@@ -262,16 +262,7 @@ fn io_error_on_commit_is_fatal_and_loses_nothing() {
     if std::env::var_os("CRASH_CHILD").is_some() {
         return;
     }
-    let have_strace = Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_strace {
-        assert!(
-            std::env::var_os("ENECTIVA_REQUIRE_TOOLS").is_none(),
-            "strace is required here (apt-get install strace)"
-        );
-        eprintln!("skipped: strace is not installed (CI installs it)");
+    if !crate::common::strace_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

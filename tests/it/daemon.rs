@@ -388,16 +388,13 @@ timeout = "300ms"
 /// slot is lost, and the next cycle reads correctly on a fresh connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_answer_is_dropped_and_the_next_cycle_reads_on_a_fresh_connection() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
-        .await
-        .expect("sim");
-    let text = format!(
-        "{}{}",
-        head(&api.base_url(), dir.path()),
-        one_meter("m", "gw", sim.addr(), 1, "E")
-    );
+    let OneMeter {
+        dir,
+        api,
+        sim,
+        text,
+        ..
+    } = one_meter_rig(Mode::Normal, "300ms").await;
     let d = start(&text, dir.path());
     assert!(wait_for(&api, |acc| series(acc, "E").len() >= 2).await);
     let connections_before = sim.connections();
@@ -434,30 +431,16 @@ async fn a_short_answer_is_dropped_and_the_next_cycle_reads_on_a_fresh_connectio
 /// writer makes one per commit, so the error lands on a commit after about 20 s of polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_on_commit_stops_run_with_exit_1() {
-    let have_strace = Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_strace {
-        assert!(
-            std::env::var_os("ENECTIVA_REQUIRE_TOOLS").is_none(),
-            "strace is required here (apt-get install strace)"
-        );
-        eprintln!("skipped: strace is not installed (CI installs it)");
+    if !crate::common::strace_available() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    api.set_mode(Mode::Down).await.expect("down");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
-        .await
-        .expect("sim");
-    let text = format!(
-        "{}{}",
-        head(&api.base_url(), dir.path()),
-        one_meter("m", "gw", sim.addr(), 1, "E")
-    );
-    let config = write_config(dir.path(), &text);
+    let OneMeter {
+        dir,
+        api: _api,
+        sim,
+        config,
+        ..
+    } = one_meter_rig(Mode::Down, "300ms").await;
     let child = Command::new("strace")
         .args([
             "-f",
@@ -538,17 +521,13 @@ async fn a_clock_before_the_build_date_takes_no_readings_and_says_why() {
         eprintln!("skipped: libfaketime is not installed (CI installs it)");
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
-        .await
-        .expect("sim");
-    let text = format!(
-        "{}{}",
-        head(&api.base_url(), dir.path()),
-        one_meter("m", "gw", sim.addr(), 1, "E")
-    );
-    let config = write_config(dir.path(), &text);
+    let OneMeter {
+        dir,
+        api,
+        sim,
+        config,
+        ..
+    } = one_meter_rig(Mode::Normal, "300ms").await;
     let child = spawn_run_with(
         &config,
         &[
@@ -581,19 +560,15 @@ async fn a_clock_before_the_build_date_takes_no_readings_and_says_why() {
 /// and says so with one WARN (SPEC §6.1); the readings it takes are on the schedule's slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_that_cannot_keep_its_interval_warns_once_and_skips_slots() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
-        .await
-        .expect("sim");
+    let OneMeter {
+        dir: _dir,
+        api,
+        sim,
+        config,
+        ..
+    } = one_meter_rig(Mode::Normal, "2s").await;
     // Every answer comes 1.2 s late (within the 2 s timeout): a poll outlasts the 1 s interval.
     sim.delay_next(1, 1000, Duration::from_millis(1200));
-    let text = format!(
-        "{}{}",
-        head(&api.base_url(), dir.path()),
-        one_meter("m", "gw", sim.addr(), 1, "E").replace("timeout = \"300ms\"", "timeout = \"2s\"")
-    );
-    let config = write_config(dir.path(), &text);
     let child = spawn_run(&config);
     assert!(wait_for(&api, |acc| series(acc, "E").len() >= 4).await);
     sigterm(&child);
@@ -662,6 +637,41 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(&p, text).expect("config");
     p
+}
+
+/// One SDM630-style meter (unit 1) behind its own simulated endpoint, read every second into
+/// series "E" with the given request timeout, the stand-in API answering in `mode`, and the
+/// configuration written to `dir/config.toml`. Bind `dir`, `api` and `sim` (as `_name` when
+/// unused): each stops or is deleted when dropped.
+struct OneMeter {
+    dir: tempfile::TempDir,
+    api: StandIn,
+    sim: SimModbus,
+    text: String,
+    config: PathBuf,
+}
+
+async fn one_meter_rig(mode: Mode, timeout: &str) -> OneMeter {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
+    api.set_mode(mode).await.expect("mode");
+    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
+        .await
+        .expect("sim");
+    let text = format!(
+        "{}{}",
+        head(&api.base_url(), dir.path()),
+        one_meter("m", "gw", sim.addr(), 1, "E")
+            .replace("timeout = \"300ms\"", &format!("timeout = \"{timeout}\""))
+    );
+    let config = write_config(dir.path(), &text);
+    OneMeter {
+        dir,
+        api,
+        sim,
+        text,
+        config,
+    }
 }
 
 fn one_meter(
@@ -763,18 +773,13 @@ async fn one_endpoint_down(silent: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_an_api_outage_loses_no_committed_reading() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
-    api.set_mode(Mode::Down).await.expect("down");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
-        .await
-        .expect("sim");
-    let text = format!(
-        "{}{}",
-        head(&api.base_url(), dir.path()),
-        one_meter("m", "gw", sim.addr(), 1, "E")
-    );
-    let config = write_config(dir.path(), &text);
+    let OneMeter {
+        dir,
+        api,
+        sim,
+        config,
+        ..
+    } = one_meter_rig(Mode::Down, "300ms").await;
     let mut child = spawn_run(&config);
     // Let it poll a few slots into the queue, then kill it hard.
     let deadline = Instant::now() + LONG;
@@ -848,19 +853,15 @@ async fn sigint_exits_0_within_10_s_with_the_queue_intact() {
 }
 
 async fn stops_cleanly_on(signal: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api = StandIn::start(CUSTOMER, TOKEN).await.expect("api");
     // The API hangs: an in-flight request must not hold up the stop.
-    api.set_mode(Mode::Hang).await.expect("hang");
-    let sim = SimModbus::start(vec![SimMeter::sdm630(1)])
-        .await
-        .expect("sim");
-    let text = format!(
-        "{}{}",
-        head(&api.base_url(), dir.path()),
-        one_meter("m", "gw", sim.addr(), 1, "E")
-    );
-    let child = spawn_run(&write_config(dir.path(), &text));
+    let OneMeter {
+        dir,
+        api: _api,
+        sim,
+        config,
+        ..
+    } = one_meter_rig(Mode::Hang, "300ms").await;
+    let child = spawn_run(&config);
     let deadline = Instant::now() + LONG;
     while served_f32(&sim, 1, 0x0048).len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

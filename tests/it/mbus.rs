@@ -56,9 +56,9 @@ fn quantity_value(
         .and_then(|r| r.as_f64())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn primary_and_secondary_reads() {
-    let sim = SimMbus::start(
+/// Heat meters at primary 5 (id 12345678) and 7 (id 87654321) on one plain line.
+async fn two_heat_meters() -> SimMbus {
+    SimMbus::start(
         vec![
             SimSlave::heat_meter(5, 12345678),
             SimSlave::heat_meter(7, 87654321),
@@ -66,7 +66,12 @@ async fn primary_and_secondary_reads() {
         MbusLineOptions::default(),
     )
     .await
-    .expect("sim");
+    .expect("sim")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_secondary_reads() {
+    let sim = two_heat_meters().await;
     let mut l = link(&sim, MbusTimeout::Auto);
     let mut p = MbusMeterPoller::new(meter("primary", MbusAddress::Primary(5)), 2);
     let r = p.readout(&mut l).await.expect("primary readout");
@@ -402,15 +407,7 @@ async fn snd_nke_is_sent_again_after_a_failed_readout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_select_is_sent_before_each_secondary_readout() {
-    let sim = SimMbus::start(
-        vec![
-            SimSlave::heat_meter(5, 12345678),
-            SimSlave::heat_meter(7, 87654321),
-        ],
-        MbusLineOptions::default(),
-    )
-    .await
-    .expect("sim");
+    let sim = two_heat_meters().await;
     let mut l = link(&sim, MbusTimeout::Fixed(Duration::from_millis(300)));
     let mut p = MbusMeterPoller::new(meter("by-id", secondary("87654321")), 1);
     // Another meter is read in between, as on a real bus; whatever happened on the line since,

@@ -436,8 +436,13 @@ async fn a_vanished_port_is_reopened_and_the_other_bus_never_stops() {
     );
 }
 
-fn run_cli(args: Vec<String>) -> (Option<i32>, String, String) {
-    let out = Command::new(bin()).args(&args).output().expect("run");
+/// Runs the binary with `args` off the runtime; (exit code, stdout, stderr).
+async fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || Command::new(bin()).args(&args).output())
+        .await
+        .expect("join")
+        .expect("run");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -454,25 +459,18 @@ async fn probe_and_scan_over_serial_and_tcp() {
         .await
         .expect("tcp");
     let port = line.path().to_string_lossy().into_owned();
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
 
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let port = port.clone();
-        move || {
-            run_cli(s(&[
-                "scan",
-                "modbus",
-                "--port",
-                &port,
-                "--units",
-                "1-5",
-                "--timeout",
-                "150ms",
-            ]))
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = run_cli(&[
+        "scan",
+        "modbus",
+        "--port",
+        &port,
+        "--units",
+        "1-5",
+        "--timeout",
+        "150ms",
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains("unit   1: answers") && out.contains("unit   4: answers"),
@@ -491,24 +489,18 @@ async fn probe_and_scan_over_serial_and_tcp() {
         );
     }
 
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let port = port.clone();
-        move || {
-            run_cli(s(&[
-                "probe",
-                "modbus",
-                "--port",
-                &port,
-                "--unit",
-                "1",
-                "--register",
-                "0x0000",
-                "--input",
-            ]))
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = run_cli(&[
+        "probe",
+        "modbus",
+        "--port",
+        &port,
+        "--unit",
+        "1",
+        "--register",
+        "0x0000",
+        "--input",
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}{err}");
     // Four registers by default, so the 64-bit types show too.
     assert!(out.contains("×4 from unit 1"), "{out}");
@@ -535,43 +527,31 @@ async fn probe_and_scan_over_serial_and_tcp() {
     assert!(out.contains("type = \"f32\", order = \"ABCD\""), "{out}");
 
     let addr = tcp.addr().to_string();
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let addr = addr.clone();
-        move || {
-            run_cli(s(&[
-                "scan",
-                "modbus",
-                "--tcp",
-                &addr,
-                "--units",
-                "5-8",
-                "--timeout",
-                "150ms",
-            ]))
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, _) = run_cli(&[
+        "scan",
+        "modbus",
+        "--tcp",
+        &addr,
+        "--units",
+        "5-8",
+        "--timeout",
+        "150ms",
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("unit   7: answers"), "{out}");
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let addr = addr.clone();
-        move || {
-            run_cli(s(&[
-                "probe",
-                "modbus",
-                "--tcp",
-                &addr,
-                "--unit",
-                "7",
-                "--register",
-                "70",
-                "--input",
-            ]))
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, _) = run_cli(&[
+        "probe",
+        "modbus",
+        "--tcp",
+        &addr,
+        "--unit",
+        "7",
+        "--register",
+        "70",
+        "--input",
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}");
     let f = out
         .lines()
@@ -580,24 +560,18 @@ async fn probe_and_scan_over_serial_and_tcp() {
     assert!(f.contains("50") && f.contains("mains frequency"), "{f}");
     // The last value of the meter's map: 4 registers would run past it (exception 02), so
     // probe says so and reads 2.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let addr = addr.clone();
-        move || {
-            run_cli(s(&[
-                "probe",
-                "modbus",
-                "--tcp",
-                &addr,
-                "--unit",
-                "7",
-                "--register",
-                "0x0164",
-                "--input",
-            ]))
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = run_cli(&[
+        "probe",
+        "modbus",
+        "--tcp",
+        &addr,
+        "--unit",
+        "7",
+        "--register",
+        "0x0164",
+        "--input",
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         err.contains("refused 4 registers") && err.contains("reading 2"),
@@ -606,20 +580,17 @@ async fn probe_and_scan_over_serial_and_tcp() {
     assert!(out.contains("×2 from unit 7"), "{out}");
     assert!(!out.contains("f64"), "{out}");
     // A register the meter does not have: exception by name, exit 1.
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        run_cli(s(&[
-            "probe",
-            "modbus",
-            "--port",
-            &port,
-            "--unit",
-            "1",
-            "--register",
-            "0x1000",
-        ]))
-    })
-    .await
-    .expect("join");
+    let (code, _, err) = run_cli(&[
+        "probe",
+        "modbus",
+        "--port",
+        &port,
+        "--unit",
+        "1",
+        "--register",
+        "0x1000",
+    ])
+    .await;
     assert_eq!(code, Some(1));
     assert!(err.contains("illegal data address"), "{err}");
 }
